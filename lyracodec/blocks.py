@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['DILATIONS', 'EncoderBlock', 'DecoderBlock']
 
-# %% ../nbs/02_blocks.ipynb #615dd781
+# %% ../nbs/02_blocks.ipynb #619e6e50
 import math
 import torch
 from torch import nn, Tensor
@@ -14,7 +14,7 @@ from .residual import ResidualUnit, wn_conv1d, wn_conv_transpose1d
 
 DILATIONS = (1, 3, 9)
 
-# %% ../nbs/02_blocks.ipynb #fb5c2ca9
+# %% ../nbs/02_blocks.ipynb #9d976ce8
 class EncoderBlock(nn.Module):
     "Residual units at the input rate, then Snake and a strided conv: `[B, Cin, T]` → `[B, Cout, T/s]`."
     def __init__(self, in_channels: int, # Cin
@@ -31,7 +31,7 @@ class EncoderBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # [B, Cin, T] -> [B, Cout, T // s] when s divides T
         return self.layers(x)
 
-# %% ../nbs/02_blocks.ipynb #55d3eb7e
+# %% ../nbs/02_blocks.ipynb #8cc7b24d
 class DecoderBlock(nn.Module):
     "Snake and a transposed conv, then residual units at the output rate: `[B, Cin, T]` → `[B, Cout, T·s]`."
     def __init__(self, in_channels: int, # Cin
