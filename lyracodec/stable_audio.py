@@ -79,7 +79,7 @@ def find_autoencoder_prefix(keys: Sequence[str], # every tensor name in the file
                            f'under any of the prefixes {[p for p in PREFIXES if p]} or at the top level); it holds '
                            f'{len(keys):,} tensors under {_groups(keys)}{hint}')
 
-# %% ../nbs/09_stable_audio.ipynb #2d8d0337
+# %% ../nbs/09_stable_audio.ipynb #c3953152
 def _torch_state(path: Path) -> dict:
     "The tensors of a torch checkpoint read with `weights_only=True`, unwrapping `{'state_dict': ...}`."
     def load(mmap: bool): return torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
@@ -101,7 +101,10 @@ def _torch_state(path: Path) -> dict:
                                f'{str(e).splitlines()[0][:200] if str(e) else "?"})') from None
     if isinstance(obj, dict) and isinstance(obj.get('state_dict'), dict): obj = obj['state_dict']
     if not isinstance(obj, dict): raise StableAudioError(f'{path}: holds a {type(obj).__name__}, not a state dict')
-    return {k: v for k, v in obj.items() if isinstance(k, str) and torch.is_tensor(v)}
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and torch.is_tensor(v)}
+    if not tensors: raise StableAudioError(f'{path}: holds no tensors at the top level or under "state_dict" '
+                                           f'(its entries: {_names([str(k) for k in obj])})')
+    return tensors
 
 def read_autoencoder_tensors(path: PathLike, # a `.safetensors` or `.ckpt`/`.pt` file
                             ) -> tuple: # (prefix found, {key without prefix: tensor})
@@ -159,7 +162,7 @@ def matching_preset(cfg: VAEConfig) -> Optional[str]:
     shape = lambda c: (c.channels, list(c.c_mults), list(c.strides), c.latent_dim, c.in_channels)
     return next((name for name in PRESETS if shape(VAEConfig.preset(name)) == shape(cfg)), None)
 
-# %% ../nbs/09_stable_audio.ipynb #f2f396e7
+# %% ../nbs/09_stable_audio.ipynb #d9fef69c
 class StableAudioState(NamedTuple):
     "What `load_stable_audio_state` returns."
     config: VAEConfig # shapes read from the file, `bottleneck='softplus'`
@@ -202,6 +205,7 @@ def from_stable_audio(path: PathLike, # `.safetensors` (preferred) or `.ckpt`/`.
                       preset: Optional[str]=None, # if given, the file's shapes must be this preset's
                      ) -> VAE: # in eval mode, weight norm kept
     "A LyraCodec `VAE` with the weights of a Stable Audio (Open) autoencoder checkpoint."
+    # `encode(x)` is then the posterior mean; stable-audio-tools always samples: `encode(x, sample=True)` does that.
     cfg, state, _ = load_stable_audio_state(path, preset)
     model = VAE(cfg)
     model.load_state_dict(state, strict=True)
