@@ -410,7 +410,7 @@ def _fit(x: Tensor, n: int) -> Tensor:
     "Zero-pad on the right or cut `[C, T]` to `n` samples."
     return torch.nn.functional.pad(x, (0, n - x.shape[-1])) if x.shape[-1] < n else x[..., :n]
 
-# %% ../nbs/04_dataset.ipynb #14ab555c
+# %% ../nbs/04_dataset.ipynb #fa534d7a
 class VocalDataset(torch.utils.data.Dataset):
     "Crops of `target_length` stereo samples at `sample_rate` from every audio file under `root`."
     def __init__(self, root: PathLike, # folder searched recursively for wav, flac, ogg, mp3
@@ -530,7 +530,7 @@ class VocalDataset(torch.utils.data.Dataset):
         while tries <= self.max_retries:
             if self._failures[fi] > 0: fi = self._random_file(rng); start = self._random_start(fi, rng, percent)
             try: x = self._read_crop(fi, start, percent)
-            except AudioLoadError as e:
+            except (AudioLoadError, OSError) as e:
                 self._note_failure(fi, e); failures += 1
                 continue  # bounded: a failed file is never drawn again
             tries += 1
