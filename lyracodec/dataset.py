@@ -30,7 +30,7 @@ from torch import Tensor
 
 from .vae import _atomic_write
 
-# %% ../nbs/04_dataset.ipynb #eca275b2
+# %% ../nbs/04_dataset.ipynb #0a23c83d
 AUDIO_EXTENSIONS = ('.wav', '.flac', '.ogg', '.mp3')
 PathLike = Union[str, os.PathLike]
 
@@ -44,20 +44,24 @@ def _resampler(orig_sr: int, new_sr: int) -> torchaudio.transforms.Resample:
 
 _W = 0.7071067811865476  # -3 dB
 
+def _stereo(a: np.ndarray) -> np.ndarray:
+    "`[C, T]` → `[2, T]` by the channel rule (numpy: no thread-pool overhead on small crops)."
+    C = a.shape[0]
+    if C == 2: return a
+    if C == 1: return np.concatenate([a, a])
+    if C < 1: raise ValueError('audio has no channels')
+    if C == 6:
+        fl, fr, fc, lfe, bl, br = a
+        return np.stack([fl + _W * (fc + bl), fr + _W * (fc + br)]) / (1 + 2 * _W)
+    rest = _W * a[2:].sum(0)
+    return np.stack([a[0] + rest, a[1] + rest]) / (1 + _W * (C - 2))
+
 def to_stereo(x: Tensor, # `[C, T]`, any C >= 1
              ) -> Tensor: # `[2, T]`
     "Mono → both sides, stereo kept, 5.1 → ITU downmix, other counts → channels 0/1 plus 0.707 × the rest."
-    C = x.shape[0]
-    if C == 2: return x
-    if C == 1: return x.repeat(2, 1)
-    if C < 1: raise ValueError('audio has no channels')
-    if C == 6:
-        fl, fr, fc, lfe, bl, br = x
-        return torch.stack([fl + _W * (fc + bl), fr + _W * (fc + br)]) / (1 + 2 * _W)
-    rest = _W * x[2:].sum(0)
-    return torch.stack([x[0] + rest, x[1] + rest]) / (1 + _W * (C - 2))
+    return torch.from_numpy(np.ascontiguousarray(_stereo(torch.as_tensor(x).detach().cpu().numpy())))
 
-# %% ../nbs/04_dataset.ipynb #f874ae3b
+# %% ../nbs/04_dataset.ipynb #0eb656fc
 def _read(f: sf.SoundFile, start: int, frames: int) -> np.ndarray:
     "Read `frames` frames (-1: to the end) from `start`, as `[T, C]` float32; fewer at the end of the file."
     start = min(start, f.frames)
@@ -78,7 +82,7 @@ def load_audio(path: PathLike, # any file soundfile reads: wav, flac, ogg, mp3, 
         with sf.SoundFile(str(path)) as f:
             sr = f.samplerate
             if sr == sample_rate:
-                x = torch.from_numpy(_read(f, start, frames).T.copy())  # [C, T]
+                a = _read(f, start, frames).T  # [C, T]
             else:
                 g = math.gcd(sr, sample_rate)
                 step, out_step = sr // g, sample_rate // g     # source / target frames per aligned block
@@ -86,11 +90,11 @@ def load_audio(path: PathLike, # any file soundfile reads: wav, flac, ogg, mp3, 
                 src0 = max(0, (start * sr // sample_rate - margin) // step * step)
                 out0 = src0 // step * out_step                 # target index of the first source frame read
                 n = -1 if frames < 0 else -(-(start + frames) * sr // sample_rate) + margin - src0
-                y = _resampler(sr, sample_rate)(torch.from_numpy(_read(f, src0, n).T.copy()))  # [C, T']
-                x = y[:, start - out0:] if frames < 0 else y[:, start - out0: start - out0 + frames]
+                y = _resampler(sr, sample_rate)(torch.from_numpy(_read(f, src0, n).T.copy())).numpy()  # [C, T']
+                a = y[:, start - out0:] if frames < 0 else y[:, start - out0: start - out0 + frames]
     except (sf.SoundFileError, RuntimeError, ValueError, OSError) as e:
         raise AudioLoadError(f'{path}: cannot read audio: {e}') from None
-    return to_stereo(x).contiguous()  # [2, T]
+    return torch.from_numpy(np.ascontiguousarray(_stereo(a), dtype=np.float32))  # [2, T]
 
 # %% ../nbs/04_dataset.ipynb #04585ed4
 VOICES = {  # name: (lowest MIDI note, highest MIDI note, formant scale, open quotient)
@@ -327,7 +331,7 @@ def demo_corpus_main(argv=None) -> int:
           f'({time.perf_counter() - t0:.1f} s)')
     return 0
 
-# %% ../nbs/04_dataset.ipynb #d2e5076c
+# %% ../nbs/04_dataset.ipynb #c0e2540d
 HOP_LENGTH = 2048  # the codec's total stride: crops are a whole number of latent frames
 
 class AudioFileWarning(UserWarning):
@@ -374,9 +378,10 @@ def split_of(rel: str, # path relative to the dataset root, POSIX style
     h = int.from_bytes(hashlib.sha1(rel.encode('utf-8')).digest()[:8], 'big') / 2 ** 64
     return 'valid' if h < valid_ratio else 'train'
 
-def rms_db(x: Tensor) -> float:
+def rms_db(x: Union[Tensor, np.ndarray]) -> float:
     "RMS level of `x` in dBFS (-200 for all zeros)."
-    return 10 * math.log10(max(float(x.double().pow(2).mean()), 1e-20))
+    a = x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
+    return 10 * math.log10(max(float(np.mean(np.square(a, dtype=np.float64))), 1e-20))
 
 # %% ../nbs/04_dataset.ipynb #3a808a5b
 def _index_file(path: Path, root: Path, min_seconds: float):
@@ -392,25 +397,24 @@ def _index_file(path: Path, root: Path, min_seconds: float):
         return None, f'too short ({1000 * info.frames / info.samplerate:.0f} ms < {1000 * min_seconds:.0f} ms)'
     return AudioFile(path, path.relative_to(root).as_posix(), info.frames, info.samplerate, info.channels, info.format), None
 
-# %% ../nbs/04_dataset.ipynb #5677cbb7
+# %% ../nbs/04_dataset.ipynb #01e668c0
 @lru_cache(maxsize=64)
 def _speed_resampler(percent: int) -> torchaudio.transforms.Resample:
     return torchaudio.transforms.Resample(percent, 100)
 
-@torch.no_grad()
-def _augment(x: Tensor, # `[2, T]`, peak-normalised
-             cfg: AugmentConfig, rng: np.random.Generator) -> Tensor: # `[2, T]`
+def _augment(x: np.ndarray, # `[2, T]`, peak-normalised
+             cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray: # `[2, T]`
     "Random attenuation, polarity inversion and left/right swap."
-    if rng.random() < cfg.p_gain: x = x * 10 ** (-rng.uniform(0, cfg.gain_db) / 20)
+    if rng.random() < cfg.p_gain: x = x * np.float32(10 ** (-rng.uniform(0, cfg.gain_db) / 20))
     if rng.random() < cfg.p_invert: x = -x
-    if rng.random() < cfg.p_swap: x = x.flip(0)
+    if rng.random() < cfg.p_swap: x = x[::-1]
     return x
 
-def _fit(x: Tensor, n: int) -> Tensor:
+def _fit(x: np.ndarray, n: int) -> np.ndarray:
     "Zero-pad on the right or cut `[C, T]` to `n` samples."
-    return torch.nn.functional.pad(x, (0, n - x.shape[-1])) if x.shape[-1] < n else x[..., :n]
+    return np.pad(x, ((0, 0), (0, n - x.shape[-1]))) if x.shape[-1] < n else x[:, :n]
 
-# %% ../nbs/04_dataset.ipynb #fa534d7a
+# %% ../nbs/04_dataset.ipynb #8bd19d87
 class VocalDataset(torch.utils.data.Dataset):
     "Crops of `target_length` stereo samples at `sample_rate` from every audio file under `root`."
     def __init__(self, root: PathLike, # folder searched recursively for wav, flac, ogg, mp3
@@ -470,13 +474,13 @@ class VocalDataset(torch.utils.data.Dataset):
     def read_failures(self) -> int: return int(self._failures.sum())
     def __repr__(self): return f'VocalDataset({str(self.root)!r}, split={self.split!r}, {len(self.files)} files, {len(self)} items)'
 
-    def _read_crop(self, fi: int, start: int, percent: int=100) -> Tensor:
+    def _read_crop(self, fi: int, start: int, percent: int=100) -> np.ndarray:
         "Crop of file `fi` from `start`, `target_length` samples after varispeed by `percent` % (zero-padded)."
         f, L = self.files[fi], self.target_length
         n = L if percent == 100 else -(-L * percent // 100)
-        x = load_audio(f.path, self.sample_rate, start, n)  # [2, n'] (fewer at the end)
+        x = load_audio(f.path, self.sample_rate, start, n).numpy()  # [2, n'] (fewer at the end)
         if x.shape[-1] == 0: raise AudioLoadError(f'{f.path}: no frames at {start} (header says {f.length(self.sample_rate)})')
-        if percent != 100: x = _speed_resampler(percent)(x)
+        if percent != 100: x = _speed_resampler(percent)(torch.from_numpy(x)).numpy()
         return _fit(x, L)
 
     def _random_start(self, fi: int, rng: np.random.Generator, percent: int=100) -> int:
@@ -540,10 +544,10 @@ class VocalDataset(torch.utils.data.Dataset):
             if tries % 2: start = self._random_start(fi, rng, percent)   # another offset of the same file
             else: fi = self._random_file(rng); start = self._random_start(fi, rng, percent)  # another file
         else: self._check_audible()
-        peak = float(best.abs().max())
+        peak = float(np.abs(best).max())
         if peak > 1e-5: best = best * (self.target_peak / peak)  # all-zero (or -100 dB) crops are left alone
         if aug is not None: best = _augment(best, aug, rng)
-        return best.float().contiguous()  # [2, target_length]
+        return torch.from_numpy(np.ascontiguousarray(best, dtype=np.float32))  # [2, target_length]
 
     def summary(self) -> str:
         "`N files, M skipped: reasons`, with durations, formats, rates and read-time failures."
