@@ -86,6 +86,11 @@ def main():
             for w in (0, 1, 2):
                 r = items_per_s(ds, w, a.batch, a.batches, a.repeats)
                 print(f'  {w} worker(s): {r:8.1f} items/s  = {r / train:6.1f}x the training proxy')
+                if w == 0 and torch.get_num_threads() > 1:  # collation's torch.stack uses the thread pool
+                    n = torch.get_num_threads(); torch.set_num_threads(1)
+                    r = items_per_s(ds, 0, a.batch, a.batches, a.repeats)
+                    torch.set_num_threads(n)
+                    print(f'  0 worker(s), 1 torch thread: {r:8.1f} items/s  = {r / train:6.1f}x the training proxy')
         d = root / 'sr44100'
         plain = VocalDataset(d, split=None, seed=0)
         speed = VocalDataset(d, split=None, seed=0, augment=AugmentConfig(p_speed=1.0))

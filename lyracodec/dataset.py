@@ -7,12 +7,13 @@ __all__ = ['AUDIO_EXTENSIONS', 'PathLike', 'VOICES', 'VOWELS', 'DEMO_MANIFEST', 
            'load_audio', 'make_demo_corpus', 'demo_corpus_main', 'AudioFileWarning', 'AugmentConfig', 'AudioFile',
            'split_of', 'rms_db', 'VocalDataset', 'audio_loader']
 
-# %% ../nbs/04_dataset.ipynb #ea356065
+# %% ../nbs/04_dataset.ipynb #890d475f
 import argparse
 import hashlib
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -61,7 +62,7 @@ def to_stereo(x: Tensor, # `[C, T]`, any C >= 1
     "Mono → both sides, stereo kept, 5.1 → ITU downmix, other counts → channels 0/1 plus 0.707 × the rest."
     return torch.from_numpy(np.ascontiguousarray(_stereo(torch.as_tensor(x).detach().cpu().numpy())))
 
-# %% ../nbs/04_dataset.ipynb #0eb656fc
+# %% ../nbs/04_dataset.ipynb #15aacef2
 def _read(f: sf.SoundFile, start: int, frames: int) -> np.ndarray:
     "Read `frames` frames (-1: to the end) from `start`, as `[T, C]` float32; fewer at the end of the file."
     start = min(start, f.frames)
@@ -90,7 +91,9 @@ def load_audio(path: PathLike, # any file soundfile reads: wav, flac, ogg, mp3, 
                 src0 = max(0, (start * sr // sample_rate - margin) // step * step)
                 out0 = src0 // step * out_step                 # target index of the first source frame read
                 n = -1 if frames < 0 else -(-(start + frames) * sr // sample_rate) + margin - src0
-                y = _resampler(sr, sample_rate)(torch.from_numpy(_read(f, src0, n).T.copy())).numpy()  # [C, T']
+                raw = _read(f, src0, n).T  # [C, T'']
+                if raw.shape[1] == 0: return torch.zeros(2, 0)
+                y = _resampler(sr, sample_rate)(torch.from_numpy(raw.copy())).numpy()  # [C, T']
                 a = y[:, start - out0:] if frames < 0 else y[:, start - out0: start - out0 + frames]
     except (sf.SoundFileError, RuntimeError, ValueError, OSError) as e:
         raise AudioLoadError(f'{path}: cannot read audio: {e}') from None
@@ -383,14 +386,14 @@ def rms_db(x: Union[Tensor, np.ndarray]) -> float:
     a = x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
     return 10 * math.log10(max(float(np.mean(np.square(a, dtype=np.float64))), 1e-20))
 
-# %% ../nbs/04_dataset.ipynb #3a808a5b
+# %% ../nbs/04_dataset.ipynb #310d7111
 def _index_file(path: Path, root: Path, min_seconds: float):
     "`(AudioFile, None)` for a usable file, `(None, reason)` for one to skip."
     try:
         if path.stat().st_size == 0: return None, 'empty file (0 bytes)'
         info = sf.info(str(path))
     except (sf.SoundFileError, RuntimeError, OSError) as e:
-        return None, f'unreadable: {str(e).replace(str(path), "").strip(" :")}'
+        return None, f'unreadable ({re.sub(r"^Error opening .*?: ", "", str(e)).strip()})'
     if info.frames <= 0: return None, 'no audio frames'
     if info.channels < 1 or info.samplerate < 1: return None, f'bad header ({info.channels} ch, {info.samplerate} Hz)'
     if info.frames / info.samplerate < min_seconds:
@@ -414,7 +417,7 @@ def _fit(x: np.ndarray, n: int) -> np.ndarray:
     "Zero-pad on the right or cut `[C, T]` to `n` samples."
     return np.pad(x, ((0, 0), (0, n - x.shape[-1]))) if x.shape[-1] < n else x[:, :n]
 
-# %% ../nbs/04_dataset.ipynb #8bd19d87
+# %% ../nbs/04_dataset.ipynb #071f45ef
 class VocalDataset(torch.utils.data.Dataset):
     "Crops of `target_length` stereo samples at `sample_rate` from every audio file under `root`."
     def __init__(self, root: PathLike, # folder searched recursively for wav, flac, ogg, mp3
@@ -429,7 +432,7 @@ class VocalDataset(torch.utils.data.Dataset):
                  augment: Optional[AugmentConfig]=None, # training-time augmentation (never on 'valid')
                  seed: int=0, # base seed of the training crops
                 ):
-        self.root = Path(root)
+        self.root = Path(root).resolve()
         if not self.root.is_dir(): raise FileNotFoundError(f'{self.root}: dataset folder not found')
         if isinstance(target_length, bool) or not isinstance(target_length, int) or target_length < HOP_LENGTH \
                 or target_length % HOP_LENGTH:
@@ -541,7 +544,8 @@ class VocalDataset(torch.utils.data.Dataset):
             db = rms_db(x)
             if db >= self.silence_db: best = x; break
             if db > best_db: best, best_db = x, db
-            if tries % 2: start = self._random_start(fi, rng, percent)   # another offset of the same file
+            if tries % 2 and self.files[fi].length(self.sample_rate) > self.target_length * 1.5:
+                start = self._random_start(fi, rng, percent)  # another offset of the same (long enough) file
             else: fi = self._random_file(rng); start = self._random_start(fi, rng, percent)  # another file
         else: self._check_audible()
         peak = float(np.abs(best).max())
@@ -557,7 +561,7 @@ class VocalDataset(torch.utils.data.Dataset):
             rates[f.sample_rate] = rates.get(f.sample_rate, 0) + 1
         minutes = sum(f.seconds for f in self.files) / 60
         lines = [f'{self.root} [{self.split or "all"}]: {len(self.files)} files, {len(self.skipped)} skipped'
-                 + (': ' + '; '.join(f'{r} ({why})' for r, why in self.skipped) if self.skipped else ''),
+                 + (': ' + '; '.join(f'{r}: {why}' for r, why in self.skipped) if self.skipped else ''),
                  f'  {minutes:.2f} min; formats {dict(sorted(fmts.items()))}; rates {dict(sorted(rates.items()))}',
                  f'  {len(self)} items of {self.target_length} samples at {self.sample_rate} Hz'
                  f' ({self.target_length / self.sample_rate:.3f} s), epoch {self.epoch}']
