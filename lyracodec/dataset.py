@@ -334,7 +334,7 @@ def demo_corpus_main(argv=None) -> int:
           f'({time.perf_counter() - t0:.1f} s)')
     return 0
 
-# %% ../nbs/04_dataset.ipynb #c0e2540d
+# %% ../nbs/04_dataset.ipynb #f3f18a42
 HOP_LENGTH = 2048  # the codec's total stride: crops are a whole number of latent frames
 
 class AudioFileWarning(UserWarning):
@@ -386,7 +386,7 @@ def rms_db(x: Union[Tensor, np.ndarray]) -> float:
     a = x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
     return 10 * math.log10(max(float(np.mean(np.square(a, dtype=np.float64))), 1e-20))
 
-# %% ../nbs/04_dataset.ipynb #310d7111
+# %% ../nbs/04_dataset.ipynb #2aeecc0a
 def _index_file(path: Path, root: Path, min_seconds: float):
     "`(AudioFile, None)` for a usable file, `(None, reason)` for one to skip."
     try:
@@ -400,7 +400,7 @@ def _index_file(path: Path, root: Path, min_seconds: float):
         return None, f'too short ({1000 * info.frames / info.samplerate:.0f} ms < {1000 * min_seconds:.0f} ms)'
     return AudioFile(path, path.relative_to(root).as_posix(), info.frames, info.samplerate, info.channels, info.format), None
 
-# %% ../nbs/04_dataset.ipynb #01e668c0
+# %% ../nbs/04_dataset.ipynb #c2d19d5d
 @lru_cache(maxsize=64)
 def _speed_resampler(percent: int) -> torchaudio.transforms.Resample:
     return torchaudio.transforms.Resample(percent, 100)
@@ -417,7 +417,7 @@ def _fit(x: np.ndarray, n: int) -> np.ndarray:
     "Zero-pad on the right or cut `[C, T]` to `n` samples."
     return np.pad(x, ((0, 0), (0, n - x.shape[-1]))) if x.shape[-1] < n else x[:, :n]
 
-# %% ../nbs/04_dataset.ipynb #071f45ef
+# %% ../nbs/04_dataset.ipynb #3fc6ae8e
 class VocalDataset(torch.utils.data.Dataset):
     "Crops of `target_length` stereo samples at `sample_rate` from every audio file under `root`."
     def __init__(self, root: PathLike, # folder searched recursively for wav, flac, ogg, mp3
@@ -570,7 +570,7 @@ class VocalDataset(torch.utils.data.Dataset):
                      (': ' + '; '.join(f'{r} ({n}x)' for r, n in failed) if failed else ''))
         return '\n'.join(lines)
 
-# %% ../nbs/04_dataset.ipynb #4558eeb1
+# %% ../nbs/04_dataset.ipynb #1ccc884d
 def audio_loader(ds: VocalDataset, # the dataset
                  batch_size: int=8, num_workers: int=2,
                  shuffle: Optional[bool]=None, # default: shuffle unless `ds` is the validation split
