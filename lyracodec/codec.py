@@ -137,7 +137,7 @@ def decode_latents(model: VAE, # a LyraCodec VAE
     "Decode latents of any length in overlapping, crossfaded chunks."
     return torch.cat(list(iter_decode(model, z, length, chunk_frames, overlap_frames)), -1)
 
-# %% ../nbs/06_codec.ipynb #840153fc
+# %% ../nbs/06_codec.ipynb #76f224ad
 from .dataset import AUDIO_EXTENSIONS, load_audio
 _FORMATS = {'.wav': ('WAV', 'FLOAT'), '.flac': ('FLAC', 'PCM_24'), '.ogg': ('OGG', 'VORBIS')}
 
@@ -155,7 +155,7 @@ def read_audio(path, # audio file (wav, flac, ogg, mp3)
         x = load_audio(p, sample_rate=sample_rate)
     except (RuntimeError, ValueError, OSError, EOFError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(msg if str(p) in msg else f'{p}: cannot read audio ({msg})') from None
+        raise ValueError(msg if msg.startswith(str(p)) else f'{p}: cannot read audio ({msg})') from None
     if x.shape[-1] < 1: raise ValueError(f'{p}: the file holds no audio samples')
     return x.float(), dict(sample_rate=int(info.samplerate), channels=int(info.channels), frames=int(info.frames))
 
