@@ -249,7 +249,7 @@ def check_compatible(model: VAE, meta: dict, path='latents') -> None:
         raise ValueError(f'{path}: latents were made by a model with config fingerprint {meta.get("model_fingerprint")} '
                          f'but this model has {fp}; decode with the model that encoded them')
 
-# %% ../nbs/06_codec.ipynb #9596941a
+# %% ../nbs/06_codec.ipynb #2c9d431d
 def collect_files(inputs: Sequence, # files or folders
                   extensions: Sequence[str], # accepted suffixes, lower case
                  ) -> tuple: # ([(file, relative path)], [missing inputs])
@@ -302,6 +302,7 @@ def _cli(prog: str, description: str, extensions: Sequence[str], out_suffix: str
             work(model, src, dst, a)
             ok += 1
         except (OSError, ValueError, RuntimeError) as e:
+            if dst.parent != out_dir and dst.parent.is_dir() and not any(dst.parent.iterdir()): dst.parent.rmdir()
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             tqdm.write(f'{prog}: error: {msg if str(src) in msg else f"{src}: {msg}"}', file=sys.stderr)
             failed += 1

@@ -72,12 +72,14 @@ def test_missing_input(work, tmp_path, capsys):
 def test_unsupported_and_corrupt_audio_do_not_stop_the_folder(work, tmp_path, capsys):
     src = tmp_path / 'src'; src.mkdir()
     sf.write(src / 'good.wav', _tone(0.5), SR)
-    (src / 'corrupt.wav').write_bytes(b'RIFF\x00\x00\x00\x00WAVEjunk' * 10)
+    (src / 'deep').mkdir()
+    (src / 'deep' / 'corrupt.wav').write_bytes(b'RIFF\x00\x00\x00\x00WAVEjunk' * 10)
     (src / 'empty.flac').write_bytes(b'')
     rc = reconstruct_main([str(src), '--model', str(work / 'model'), '-o', str(tmp_path / 'o'), '-q'])
     err = capsys.readouterr().err
     assert rc == 1
     assert _files(tmp_path / 'o') == ['good.wav']                     # no partial output for the bad ones
+    assert not (tmp_path / 'o' / 'deep').exists()                     # nor an empty folder
     assert any('corrupt.wav' in l for l in err.splitlines() if 'error:' in l)
     assert any('empty.flac' in l for l in err.splitlines() if 'error:' in l)
     assert '1 file(s) done, 2 failed' in err
