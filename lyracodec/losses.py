@@ -86,27 +86,33 @@ def kl_weight_at(cfg: LossConfig, # the loss config
     if cfg.kl_anneal_steps == 0: return cfg.kl_weight
     return cfg.kl_weight * min(1.0, max(step, 0) / cfg.kl_anneal_steps)
 
-# %% ../nbs/04a_losses.ipynb #d2a7d440
+# %% ../nbs/04a_losses.ipynb #6336096e
 STFT_FFTS = (2048, 1024, 512, 256, 128, 64, 32)  # Stable Audio Open's resolutions
 
-def _stft_kwargs(sample_rate: int) -> dict:
-    return dict(fft_sizes=list(STFT_FFTS), hop_sizes=[n // 4 for n in STFT_FFTS], win_lengths=list(STFT_FFTS),
-                perceptual_weighting=True, sample_rate=sample_rate)
+def _stft_kwargs(**extra) -> dict:
+    return dict(fft_sizes=list(STFT_FFTS), hop_sizes=[n // 4 for n in STFT_FFTS], win_lengths=list(STFT_FFTS), **extra)
 
 class StereoSTFTLoss(nn.Module):
-    "Stable Audio's spectral loss: sum-and-difference MR-STFT ×1 + MR-STFT of left and right ×½ each."
-    def __init__(self, sample_rate: int=44100): # Hz, for the A-weighting filter
+    "Stable Audio's spectral loss: sum-and-difference MR-STFT ×1 + MR-STFT of left and right ×½ each, A-weighted."
+    def __init__(self, sample_rate: int=44100, # Hz, for the A-weighting filter
+                 a_weighting: bool=True, # perceptual pre-filter (Stable Audio: on)
+                ):
         super().__init__()
-        self.sd = auraloss.freq.SumAndDifferenceSTFTLoss(**_stft_kwargs(sample_rate))
-        self.lr = auraloss.freq.MultiResolutionSTFTLoss(**_stft_kwargs(sample_rate))
+        self.aw = auraloss.perceptual.FIRFilter(filter_type='aw', fs=sample_rate) if a_weighting else None
+        self.sd = auraloss.freq.SumAndDifferenceSTFTLoss(**_stft_kwargs())
+        self.lr = auraloss.freq.MultiResolutionSTFTLoss(**_stft_kwargs())
 
     def forward(self, x: Tensor, x_recon: Tensor) -> Tensor:  # [B, 2, T] each -> scalar
         if x.shape != x_recon.shape or x.dim() != 3 or x.shape[1] != 2:
             raise ValueError(f'StereoSTFTLoss expects two [B, 2, T] tensors, got {tuple(x.shape)} and {tuple(x_recon.shape)}')
+        if self.aw is not None:  # filter each channel once (linear: the sum/difference of filtered = filtered sum/difference)
+            B, C, T = x.shape
+            y, t = self.aw(x_recon.reshape(B * C, 1, T), x.reshape(B * C, 1, T))
+            x_recon, x = y.reshape(B, C, T), t.reshape(B, C, T)
         left, right = (self.lr(x_recon[:, i:i + 1], x[:, i:i + 1]) for i in (0, 1))
         return self.sd(x_recon, x) + 0.5 * left + 0.5 * right
 
-# %% ../nbs/04a_losses.ipynb #1b651cab
+# %% ../nbs/04a_losses.ipynb #4a9133af
 MEL_WINDOWS = (32, 64, 128, 256, 512, 1024, 2048)  # DAC's scales
 MEL_BANDS = (5, 10, 20, 40, 80, 160, 320)
 
@@ -138,7 +144,7 @@ class MultiScaleMelLoss(nn.Module):
             total = total + F.l1_loss(ly, lx)
         return total / len(self.mels)
 
-# %% ../nbs/04a_losses.ipynb #c21e5774
+# %% ../nbs/04a_losses.ipynb #fd0545bc
 class ReconstructionLoss(nn.Module):
     "The recipe's generator loss without adversarial terms: MSE (seed) or STFT + mel (spectral), plus annealed KL."
     def __init__(self, cfg: LossConfig, # which terms, which weights
@@ -176,7 +182,7 @@ class ReconstructionLoss(nn.Module):
         logs.update(kl=kl.item(), kl_weight=w, recon=total.item())
         return total, logs
 
-# %% ../nbs/04a_losses.ipynb #083aea79
+# %% ../nbs/04a_losses.ipynb #a09440b0
 def _wn_conv2d(*args, **kwargs) -> nn.Module:
     return nn.utils.parametrizations.weight_norm(nn.Conv2d(*args, **kwargs))
 
@@ -235,7 +241,7 @@ class MultiScaleSTFTDiscriminator(nn.Module):
     def forward(self, x: Tensor) -> list:  # [B, C, T] -> [(logits, feats)] per scale
         return [d(x) for d in self.discs]
 
-# %% ../nbs/04a_losses.ipynb #0ac28852
+# %% ../nbs/04a_losses.ipynb #f1dc5a07
 def d_loss_terms(real: Tensor, fake: Tensor, kind: str='hinge') -> Tensor:
     "Discriminator loss of one scale's logits."
     if kind == 'hinge': return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
