@@ -80,36 +80,42 @@ def synthetic_data(n_train: int=16, n_valid: int=8) -> tuple:
     valid = torch.stack([synth_voice(EVAL_LEN / SR + 0.01, 2000 + i)[:, :EVAL_LEN] for i in range(n_valid)])
     return train, valid
 
-def corpus_data(cache: Path) -> tuple:
-    "Training set and held-out crops from the demo corpus (dataset module)."
+def corpus_data(cache: Path, epochs: int=2) -> tuple:
+    "Training crops (`epochs` passes of `VocalDataset`, 2·CROP samples each) and held-out crops (valid split)."
     from lyracodec.dataset import make_demo_corpus, VocalDataset
-    root = make_demo_corpus(cache)
-    train = VocalDataset(root, target_length=CROP, split='train', seed=0)
-    valid = VocalDataset(root, target_length=EVAL_LEN, split='valid', seed=0)
-    return train, torch.stack([valid[i] for i in range(min(len(valid), 8))])
+    root = make_demo_corpus(cache / 'corpus')
+    train = VocalDataset(root, target_length=2 * CROP, split='train', seed=0)
+    crops = []
+    for e in range(epochs):
+        train.set_epoch(e)
+        crops += [train[i] for i in range(len(train))]
+    valid = VocalDataset(root, target_length=EVAL_LEN, split='valid')
+    return torch.stack(crops), torch.stack([valid[i] for i in range(min(len(valid), 12))])
 
 def load_data(cache: Path) -> tuple:
-    "(train, valid, source): the demo corpus if the dataset module exists, else synthetic clips (cached in `cache`)."
+    """(train, valid, source): crops of the demo corpus if `lyracodec.dataset` exists, else synthetic clips.
+    Built once and cached in `cache`, so that reading and decoding audio is outside every run's CPU budget."""
     try:
         import lyracodec.dataset  # noqa: F401
+        kind, build = 'corpus', corpus_data
     except ImportError:
-        f = cache / 'synthetic_voices.pt'
-        if f.is_file(): tr, va = torch.load(f, weights_only=True)
-        else:
-            tr, va = synthetic_data()
-            cache.mkdir(parents=True, exist_ok=True)
-            tmp = f.with_suffix('.tmp'); torch.save((tr, va), tmp); os.replace(tmp, f)
-        return tr, va, f'synthetic sung vowels generated in the bench ({len(tr)} x 3 s train, {len(va)} x {EVAL_LEN} held out)'
-    tr, va = corpus_data(cache)
-    return tr, va, f'demo corpus {cache} ({len(tr)} train items, {len(va)} x {EVAL_LEN} held-out crops)'
+        kind, build = 'synthetic', lambda c: synthetic_data()
+    f = cache / f'bench_{kind}.pt'
+    if f.is_file(): tr, va = torch.load(f, weights_only=True)
+    else:
+        tr, va = build(cache)
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_suffix('.tmp'); torch.save((tr, va), tmp); os.replace(tmp, f)
+    if kind == 'corpus':
+        return tr, va, (f'demo corpus (make_demo_corpus, 2 min, seed 0): {len(tr)} training crops of {tr.shape[-1]} '
+                        f'samples (VocalDataset train split, 2 epochs), {len(va)} held-out crops of {EVAL_LEN} (valid split)')
+    return tr, va, f'synthetic sung vowels generated in the bench ({len(tr)} x 3 s train, {len(va)} x {EVAL_LEN} held out)'
 
-def batch_from(train, B: int, g: torch.Generator) -> torch.Tensor:
-    "A batch `[B, 2, CROP]` from a clip tensor (random crops) or a dataset (random items)."
-    if torch.is_tensor(train):
-        i = torch.randint(0, train.shape[0], (B,), generator=g)
-        s = torch.randint(0, train.shape[-1] - CROP + 1, (B,), generator=g)
-        return torch.stack([train[a, :, b:b + CROP] for a, b in zip(i.tolist(), s.tolist())])
-    return torch.stack([train[j] for j in torch.randint(0, len(train), (B,), generator=g).tolist()])
+def batch_from(train: torch.Tensor, B: int, g: torch.Generator) -> torch.Tensor:
+    "A batch `[B, 2, CROP]` of random crops of random clips `[N, 2, L]`."
+    i = torch.randint(0, train.shape[0], (B,), generator=g)
+    s = torch.randint(0, train.shape[-1] - CROP + 1, (B,), generator=g)
+    return torch.stack([train[a, :, b:b + CROP] for a, b in zip(i.tolist(), s.tolist())])
 
 # ---------------------------------------------------------------- metrics
 def metric_fns() -> tuple:
@@ -198,7 +204,7 @@ def main(argv=None) -> int:
     p.add_argument('--lr', type=float, default=1e-3)
     p.add_argument('--adv-frac', type=float, default=0.5, help="share of the budget before the discriminator starts")
     p.add_argument('--sequential', action='store_true', help='run recipes one after another instead of concurrently')
-    p.add_argument('--cache', type=Path, default=Path(tempfile.gettempdir()) / 'lyracodec_demo_corpus')
+    p.add_argument('--cache', type=Path, default=Path(tempfile.gettempdir()) / 'lyracodec_bench_recipes')
     p.add_argument('--worker', help=argparse.SUPPRESS)
     p.add_argument('--out', type=Path, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
