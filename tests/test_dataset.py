@@ -140,6 +140,27 @@ def test_workers_and_epochs_draw_different_crops(long_folder):
     ds3 = VocalDataset(long_folder, split=None, target_length=L, seed=4)   # another seed, other crops
     assert not set(_fingerprints(DataLoader(ds3, batch_size=1, sampler=sampler, num_workers=2))) & set(e0)
 
+class _EpochProbe(torch.utils.data.Dataset):
+    "Reports, from inside a worker, the epoch the wrapped dataset sees."
+    def __init__(self, ds): self.ds = ds
+    def __len__(self): return 4
+    def __getitem__(self, i): return self.ds.epoch
+
+def test_set_epoch_reaches_persistent_workers(long_folder):
+    ds = VocalDataset(long_folder, split=None, target_length=L)
+    dl = DataLoader(_EpochProbe(ds), batch_size=1, num_workers=2, persistent_workers=True)
+    assert [int(b) for b in dl] == [0] * 4
+    ds.set_epoch(3)
+    assert [int(b) for b in dl] == [3] * 4
+
+def test_epoch_alone_changes_the_crops(long_folder):
+    ds = VocalDataset(long_folder, split=None, target_length=L, seed=3)
+    dl = DataLoader(ds, batch_size=1, sampler=[1] * 6, num_workers=2)   # workers restart each pass
+    a, b = _fingerprints(dl), _fingerprints(dl)
+    ds.set_epoch(1)
+    c = _fingerprints(dl)
+    assert a == b and not set(a) & set(c)
+
 def test_validation_crops_are_deterministic(tmp_path):
     d = tmp_path
     for k in range(8): sf.write(d / f'v{k}.wav', _noise(2.0, seed=10 + k) * np.linspace(0, 1, 2 * SR)[:, None] ** 4, SR)
