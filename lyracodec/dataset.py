@@ -417,7 +417,7 @@ def _fit(x: np.ndarray, n: int) -> np.ndarray:
     "Zero-pad on the right or cut `[C, T]` to `n` samples."
     return np.pad(x, ((0, 0), (0, n - x.shape[-1]))) if x.shape[-1] < n else x[:, :n]
 
-# %% ../nbs/04_dataset.ipynb #f3e93dc2
+# %% ../nbs/04_dataset.ipynb #6e1f796d
 class VocalDataset(torch.utils.data.Dataset):
     "Crops of `target_length` stereo samples at `sample_rate` from every audio file under `root`."
     def __init__(self, root: PathLike, # folder searched recursively for wav, flac, ogg, mp3
@@ -486,6 +486,7 @@ class VocalDataset(torch.utils.data.Dataset):
         x = load_audio(f.path, self.sample_rate, start, n).numpy()  # [2, n'] (fewer at the end)
         if x.shape[-1] == 0: raise AudioLoadError(f'{f.path}: no frames at {start} (header says {f.length(self.sample_rate)})')
         if percent != 100: x = _speed_resampler(percent)(torch.from_numpy(x)).numpy()
+        if not np.isfinite(x).all(): x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)  # float files can hold NaN/inf
         return _fit(x, L)
 
     def _random_start(self, fi: int, rng: np.random.Generator, percent: int=100) -> int:

@@ -100,6 +100,14 @@ def test_peak_normalisation_and_zero_safety(faulty):
     y = ds[0]
     assert abs(float(y.abs().max()) - 0.95) < 1e-5
 
+def test_non_finite_samples_are_zeroed(tmp_path):
+    x = _noise(2.0, seed=8); x[1000:5000] = np.nan; x[9000] = np.inf
+    sf.write(tmp_path / 'nan.wav', x, SR, subtype='FLOAT')
+    ds = VocalDataset(tmp_path, split=None, target_length=L)
+    crop = torch.from_numpy(ds._read_crop(0, 0).copy())
+    assert torch.isfinite(crop).all() and crop[:, 1000:5000].abs().max() == 0
+    assert all(torch.isfinite(ds[i]).all() for i in range(len(ds)))
+
 def test_read_time_failure_is_replaced_and_counted(faulty, tmp_path):
     d = tmp_path / 'c'; shutil.copytree(faulty, d)
     ds, _ = _ds(d)
