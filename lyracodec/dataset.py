@@ -417,7 +417,7 @@ def _fit(x: np.ndarray, n: int) -> np.ndarray:
     "Zero-pad on the right or cut `[C, T]` to `n` samples."
     return np.pad(x, ((0, 0), (0, n - x.shape[-1]))) if x.shape[-1] < n else x[:, :n]
 
-# %% ../nbs/04_dataset.ipynb #3fc6ae8e
+# %% ../nbs/04_dataset.ipynb #6e1f796d
 class VocalDataset(torch.utils.data.Dataset):
     "Crops of `target_length` stereo samples at `sample_rate` from every audio file under `root`."
     def __init__(self, root: PathLike, # folder searched recursively for wav, flac, ogg, mp3
@@ -460,16 +460,18 @@ class VocalDataset(torch.utils.data.Dataset):
             what = f'the {split!r} split (valid_ratio={valid_ratio}) of' if split else ''
             raise ValueError(f'{self.root}: {what} no usable audio files: {len(found)} audio file(s) found '
                              f'({", ".join(AUDIO_EXTENSIONS)}), {len(self.skipped)} skipped in this split'
-                             + ('; use a smaller folder split or split=None' if split and found else ''))
+                             + ('; add files, change valid_ratio or use split=None' if split and found else ''))
         self._items = np.array([max(1, f.length(sample_rate) // target_length) for f in self.files])
         self._cum = np.cumsum(self._items)
         self._epoch = torch.zeros(1, dtype=torch.long).share_memory_()                   # set_epoch reaches workers
         self._failures = torch.zeros(len(self.files), dtype=torch.int32).share_memory_()  # read-time failures per file
-        self._draws, self._audible = 0, None
+        self._seen = torch.zeros(len(self), dtype=torch.int32).share_memory_()            # draws per item this epoch
+        self._audible = None
 
     def __len__(self) -> int: return int(self._cum[-1])
     def set_epoch(self, epoch: int):
         "Draw the crops of epoch `epoch` (shared with DataLoader workers, persistent ones included)."
+        self._seen.zero_()
         self._epoch[0] = int(epoch)
     @property
     def epoch(self) -> int: return int(self._epoch[0])
@@ -484,6 +486,7 @@ class VocalDataset(torch.utils.data.Dataset):
         x = load_audio(f.path, self.sample_rate, start, n).numpy()  # [2, n'] (fewer at the end)
         if x.shape[-1] == 0: raise AudioLoadError(f'{f.path}: no frames at {start} (header says {f.length(self.sample_rate)})')
         if percent != 100: x = _speed_resampler(percent)(torch.from_numpy(x)).numpy()
+        if not np.isfinite(x).all(): x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)  # float files can hold NaN/inf
         return _fit(x, L)
 
     def _random_start(self, fi: int, rng: np.random.Generator, percent: int=100) -> int:
@@ -525,9 +528,8 @@ class VocalDataset(torch.utils.data.Dataset):
             rng = np.random.default_rng([0x5EED, i])
             start = (i - (int(self._cum[fi - 1]) if fi else 0)) * self.target_length
         else:
-            wi = torch.utils.data.get_worker_info()
-            self._draws += 1
-            rng = np.random.default_rng([self.seed, self.epoch, 0 if wi is None else wi.id + 1, i, self._draws])
+            k = int(self._seen[i]); self._seen[i] = k + 1
+            rng = np.random.default_rng([self.seed, self.epoch, i, k])
         aug = None if valid else self.augment
         percent = 100
         if aug is not None and aug.p_speed > 0 and rng.random() < aug.p_speed:
