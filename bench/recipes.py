@@ -150,7 +150,7 @@ def evaluate(model, valid: torch.Tensor, fns) -> dict:
             'si_sdr': float(sisdr(valid, recon).median())}
 
 # ---------------------------------------------------------------- one run
-def run(recipe: str, budget: float, threads: int, batch: int, lr: float, adv_frac: float, cache: Path) -> dict:
+def run(recipe: str, budget: float, threads: int, batch: int, lr: float, adv_frac: float, cache: Path, seed: int=0) -> dict:
     "Train one recipe until `budget` CPU seconds of training are spent; returns figures."
     torch.set_num_threads(threads)
     from lyracodec.vae import VAE, VAEConfig
@@ -158,7 +158,7 @@ def run(recipe: str, budget: float, threads: int, batch: int, lr: float, adv_fra
                                   generator_adversarial_loss)
     train, valid, data_src = load_data(cache)
     fns = metric_fns()
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = VAE(VAEConfig.preset('tiny'))
     cfg = LossConfig(recipe=recipe)
     crit = ReconstructionLoss(cfg, SR)
@@ -168,7 +168,7 @@ def run(recipe: str, budget: float, threads: int, batch: int, lr: float, adv_fra
         disc = MultiScaleSTFTDiscriminator.from_config(cfg)
         opt_d = torch.optim.AdamW(disc.parameters(), lr=2 * lr, betas=(0.8, 0.99), weight_decay=1e-3)
     before = evaluate(model, valid, fns)
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(1 + 1000 * seed)  # seed 0 -> 1, seed 1 -> 1001
     used, step, t_wall, step_times, adv_from = 0.0, 0, time.time(), [], None
     last = {}
     while used < budget:
@@ -192,7 +192,7 @@ def run(recipe: str, budget: float, threads: int, batch: int, lr: float, adv_fra
     return {'recipe': recipe, 'steps': step, 'cpu_s': round(used, 1), 'wall_s': round(time.time() - t_wall, 1),
             'median_step_cpu_s': round(step_times[len(step_times) // 2], 3), 'adv_from_step': adv_from,
             'before': before, 'after': after, 'last_logs': last, 'data': data_src, 'metrics': fns[3],
-            'threads': threads, 'batch': batch, 'lr': lr}
+            'threads': threads, 'batch': batch, 'lr': lr, 'seed': seed}
 
 # ---------------------------------------------------------------- main
 def main(argv=None) -> int:
@@ -203,23 +203,24 @@ def main(argv=None) -> int:
     p.add_argument('--batch', type=int, default=4)
     p.add_argument('--lr', type=float, default=1e-3)
     p.add_argument('--adv-frac', type=float, default=0.5, help="share of the budget before the discriminator starts")
+    p.add_argument('--seed', type=int, default=0, help='initial weights and batch order (same for every recipe)')
     p.add_argument('--sequential', action='store_true', help='run recipes one after another instead of concurrently')
     p.add_argument('--cache', type=Path, default=Path(tempfile.gettempdir()) / 'lyracodec_bench_recipes')
     p.add_argument('--worker', help=argparse.SUPPRESS)
     p.add_argument('--out', type=Path, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
-        res = run(a.worker, a.budget, a.threads, a.batch, a.lr, a.adv_frac, a.cache)
+        res = run(a.worker, a.budget, a.threads, a.batch, a.lr, a.adv_frac, a.cache, a.seed)
         a.out.write_text(json.dumps(res))
         return 0
     recipes = [r.strip() for r in a.recipes.split(',') if r.strip()]
     load_data(a.cache)  # build the data once, before the workers start
     tmp = Path(tempfile.mkdtemp(prefix='recipes_'))
     base = [sys.executable, __file__, '--budget', str(a.budget), '--threads', str(a.threads), '--batch', str(a.batch),
-            '--lr', str(a.lr), '--adv-frac', str(a.adv_frac), '--cache', str(a.cache)]
+            '--lr', str(a.lr), '--adv-frac', str(a.adv_frac), '--cache', str(a.cache), '--seed', str(a.seed)]
     cmds = [base + ['--worker', r, '--out', str(tmp / f'{r}.json')] for r in recipes]
     print(f"{len(recipes)} recipe(s), {a.budget:.0f} CPU s each, {a.threads} thread(s) each, "
-          f"{'sequential' if a.sequential else 'concurrent'}; load average at start {os.getloadavg()}", flush=True)
+          f"{'sequential' if a.sequential else 'concurrent'}, seed {a.seed}; load average at start {os.getloadavg()}", flush=True)
     t0 = time.time()
     if a.sequential:
         codes = [subprocess.call(c) for c in cmds]

@@ -144,7 +144,7 @@ class MultiScaleMelLoss(nn.Module):
             total = total + F.l1_loss(ly, lx)
         return total / len(self.mels)
 
-# %% ../nbs/04a_losses.ipynb #fd0545bc
+# %% ../nbs/04a_losses.ipynb #45a85e86
 class ReconstructionLoss(nn.Module):
     "The recipe's generator loss without adversarial terms: MSE (seed) or STFT + mel (spectral), plus annealed KL."
     def __init__(self, cfg: LossConfig, # which terms, which weights
@@ -165,6 +165,10 @@ class ReconstructionLoss(nn.Module):
         "Total generator loss (without adversarial terms) and its terms as floats for logging."
         if x.shape != x_recon.shape:
             raise ValueError(f'ReconstructionLoss: x {tuple(x.shape)} and x_recon {tuple(x_recon.shape)} differ in shape')
+        with torch.autocast(x.device.type, enabled=False):  # spectra and logs in float32, even under bf16/fp16 AMP
+            return self._terms(x.float(), x_recon.float(), mu.float(), logvar.float(), step, kl_fn)
+
+    def _terms(self, x, x_recon, mu, logvar, step, kl_fn) -> tuple:
         cfg, logs = self.cfg, {}
         mse = F.mse_loss(x_recon, x)
         logs['mse'] = mse.item()
@@ -182,7 +186,7 @@ class ReconstructionLoss(nn.Module):
         logs.update(kl=kl.item(), kl_weight=w, recon=total.item())
         return total, logs
 
-# %% ../nbs/04a_losses.ipynb #a09440b0
+# %% ../nbs/04a_losses.ipynb #55ca5c7e
 def _wn_conv2d(*args, **kwargs) -> nn.Module:
     return nn.utils.parametrizations.weight_norm(nn.Conv2d(*args, **kwargs))
 
@@ -211,8 +215,9 @@ class STFTDiscriminator(nn.Module):
     def spectrogram(self, x: Tensor) -> Tensor:
         "Complex STFT as real channels: `[B, C, T]` → `[B, 2C, frames, n_fft/2+1]`, normalised by the window's energy."
         B, C, T = x.shape
-        s = torch.stft(x.reshape(B * C, T), self.n_fft, self.hop, window=self.window, center=True,
-                       pad_mode='constant', return_complex=True)  # [B*C, n_fft/2+1, frames]
+        with torch.autocast(x.device.type, enabled=False):  # the STFT in float32 even under AMP
+            s = torch.stft(x.float().reshape(B * C, T), self.n_fft, self.hop, window=self.window.float(), center=True,
+                           pad_mode='constant', return_complex=True)  # [B*C, n_fft/2+1, frames]
         s = s / self.window.pow(2).sum().sqrt()
         s = s.reshape(B, C, *s.shape[-2:]).transpose(-1, -2)  # [B, C, frames, freq]
         return torch.cat([s.real, s.imag], dim=1)  # [B, 2C, frames, freq]
@@ -241,7 +246,7 @@ class MultiScaleSTFTDiscriminator(nn.Module):
     def forward(self, x: Tensor) -> list:  # [B, C, T] -> [(logits, feats)] per scale
         return [d(x) for d in self.discs]
 
-# %% ../nbs/04a_losses.ipynb #f1dc5a07
+# %% ../nbs/04a_losses.ipynb #ce283041
 def d_loss_terms(real: Tensor, fake: Tensor, kind: str='hinge') -> Tensor:
     "Discriminator loss of one scale's logits."
     if kind == 'hinge': return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
@@ -261,7 +266,7 @@ def discriminator_loss(disc: nn.Module, # returns [(logits, features)] per scale
                       ) -> Tensor: # scalar, summed over scales
     "The discriminator's loss on real audio and (detached) reconstructions."
     real, fake = disc(x), disc(x_recon.detach())
-    return sum(d_loss_terms(r, f, kind) for (r, _), (f, _) in zip(real, fake))
+    return sum(d_loss_terms(r.float(), f.float(), kind) for (r, _), (f, _) in zip(real, fake))
 
 def generator_adversarial_loss(disc: nn.Module, # returns [(logits, features)] per scale
                                x: Tensor, # real audio `[B, C, T]`
@@ -271,7 +276,7 @@ def generator_adversarial_loss(disc: nn.Module, # returns [(logits, features)] p
     "The generator's adversarial and feature-matching losses."
     with torch.no_grad(): real = disc(x)
     fake = disc(x_recon)
-    adv = sum(g_adv_term(f, kind) for f, _ in fake)
-    fm = sum(sum(F.l1_loss(ff, rf) for ff, rf in zip(f_feats, r_feats)) / len(f_feats)
+    adv = sum(g_adv_term(f.float(), kind) for f, _ in fake)
+    fm = sum(sum(F.l1_loss(ff.float(), rf.float()) for ff, rf in zip(f_feats, r_feats)) / len(f_feats)
              for (_, r_feats), (_, f_feats) in zip(real, fake))
     return adv, fm
