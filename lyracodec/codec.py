@@ -43,7 +43,7 @@ def receptive_frames(cfg: VAEConfig, # the model's config (only strides matter)
     dec = int(max(mid - nz.min(), nz.max() - mid))
     return enc, dec
 
-# %% ../nbs/06_codec.ipynb #446d5cd5
+# %% ../nbs/06_codec.ipynb #a65ed6da
 CHUNK_FRAMES, OVERLAP_FRAMES = 128, 40
 
 def chunk_plan(n_frames: int, # F, latent frames in the file
@@ -68,7 +68,7 @@ def fade_in(n: int, # overlap length in output units (frames or samples)
     t = torch.arange(n, dtype=torch.float64) + 0.5
     return ((t - n / 4) / (n / 2)).clamp(0, 1) if n > 0 else t
 
-# %% ../nbs/06_codec.ipynb #13a44313
+# %% ../nbs/06_codec.ipynb #903a5b2f
 def _iter_chunks(fn: Callable, # (a, b) -> output `[B, C, (b - a)·unit]`
                  n_frames: int, unit: int, chunk_frames: int, overlap_frames: int) -> Iterator[Tensor]:
     "Run `fn` chunk by chunk, crossfade the overlaps, yield finished output pieces in order."
@@ -85,7 +85,7 @@ def _iter_chunks(fn: Callable, # (a, b) -> output `[B, C, (b - a)·unit]`
         pending = y
     yield pending.float()
 
-# %% ../nbs/06_codec.ipynb #66674f79
+# %% ../nbs/06_codec.ipynb #5b736181
 def _as_batch(audio: Tensor, channels: int) -> Tensor:
     "`[C, T]` or `[B, C, T]` → float `[B, C, T]`, checking the channel count."
     x = torch.as_tensor(audio)
@@ -143,7 +143,7 @@ def decode_latents(model: VAE, # a LyraCodec VAE
     "Decode latents of any length in overlapping, crossfaded chunks."
     return torch.cat(list(iter_decode(model, z, length, chunk_frames, overlap_frames)), -1)
 
-# %% ../nbs/06_codec.ipynb #76f224ad
+# %% ../nbs/06_codec.ipynb #c99e2cec
 from .dataset import AUDIO_EXTENSIONS, load_audio
 _FORMATS = {'.wav': ('WAV', 'FLOAT'), '.flac': ('FLAC', 'PCM_24'), '.ogg': ('OGG', 'VORBIS')}
 
@@ -193,7 +193,7 @@ def write_audio(path, # destination (.wav, .flac or .ogg)
     _atomic_write(p, write)
     return p
 
-# %% ../nbs/06_codec.ipynb #29161a03
+# %% ../nbs/06_codec.ipynb #e6d640e0
 def encode_file(model: VAE, # a LyraCodec VAE
                 path, # audio file
                 chunk_frames: int=CHUNK_FRAMES, overlap_frames: int=OVERLAP_FRAMES,
@@ -212,7 +212,7 @@ def encode_file(model: VAE, # a LyraCodec VAE
     z = torch.cat(list(iter_encode(model, reader, chunk_frames, overlap_frames, length=info.frames)), -1)
     return z, info.frames, dict(sample_rate=int(info.samplerate), channels=int(info.channels), frames=int(info.frames))
 
-# %% ../nbs/06_codec.ipynb #c1d02e0f
+# %% ../nbs/06_codec.ipynb #57c766f8
 LATENT_DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
 LYRA_FORMAT = 'lyracodec.latents/1'
 
@@ -274,7 +274,7 @@ def check_compatible(model: VAE, meta: dict, path='latents') -> None:
         raise ValueError(f'{path}: latents were made by a model with config fingerprint {meta.get("model_fingerprint")} '
                          f'but this model has {fp}; decode with the model that encoded them')
 
-# %% ../nbs/06_codec.ipynb #e179a803
+# %% ../nbs/06_codec.ipynb #ec463adc
 def collect_files(inputs: Sequence, # files or folders
                   extensions: Sequence[str], # accepted suffixes, lower case
                  ) -> tuple: # ([(file, relative path)], [missing inputs])
@@ -334,7 +334,7 @@ def _cli(prog: str, description: str, extensions: Sequence[str], out_suffix: str
     print(f'{prog}: {ok} file(s) done, {failed} failed -> {out_dir}', file=sys.stderr)
     return 1 if failed or not (ok or failed) else 0
 
-# %% ../nbs/06_codec.ipynb #ef4af351
+# %% ../nbs/06_codec.ipynb #7bf792c3
 def _encode_one(model, src, dst, a):
     z, n, info = encode_file(model, src, a.chunk_frames, a.overlap_frames)
     save_latents(dst, z, latent_meta(model, n, info['sample_rate'], info['channels']), a.dtype)
