@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['CHUNK_FRAMES', 'OVERLAP_FRAMES', 'LATENT_DTYPES', 'LYRA_FORMAT', 'receptive_frames', 'chunk_plan', 'fade_in',
-           'iter_encode', 'encode_audio', 'iter_decode', 'decode_latents', 'read_audio', 'write_audio',
+           'iter_encode', 'encode_audio', 'iter_decode', 'decode_latents', 'read_audio', 'write_audio', 'encode_file',
            'model_fingerprint', 'latent_meta', 'save_latents', 'load_latents', 'check_compatible', 'collect_files',
            'encode_main', 'decode_main', 'reconstruct_main']
 
@@ -43,7 +43,7 @@ def receptive_frames(cfg: VAEConfig, # the model's config (only strides matter)
     dec = int(max(mid - nz.min(), nz.max() - mid))
     return enc, dec
 
-# %% ../nbs/06_codec.ipynb #446d5cd5
+# %% ../nbs/06_codec.ipynb #a65ed6da
 CHUNK_FRAMES, OVERLAP_FRAMES = 128, 40
 
 def chunk_plan(n_frames: int, # F, latent frames in the file
@@ -68,7 +68,7 @@ def fade_in(n: int, # overlap length in output units (frames or samples)
     t = torch.arange(n, dtype=torch.float64) + 0.5
     return ((t - n / 4) / (n / 2)).clamp(0, 1) if n > 0 else t
 
-# %% ../nbs/06_codec.ipynb #13a44313
+# %% ../nbs/06_codec.ipynb #903a5b2f
 def _iter_chunks(fn: Callable, # (a, b) -> output `[B, C, (b - a)·unit]`
                  n_frames: int, unit: int, chunk_frames: int, overlap_frames: int) -> Iterator[Tensor]:
     "Run `fn` chunk by chunk, crossfade the overlaps, yield finished output pieces in order."
@@ -85,7 +85,7 @@ def _iter_chunks(fn: Callable, # (a, b) -> output `[B, C, (b - a)·unit]`
         pending = y
     yield pending.float()
 
-# %% ../nbs/06_codec.ipynb #e8fa94b5
+# %% ../nbs/06_codec.ipynb #5b736181
 def _as_batch(audio: Tensor, channels: int) -> Tensor:
     "`[C, T]` or `[B, C, T]` → float `[B, C, T]`, checking the channel count."
     x = torch.as_tensor(audio)
@@ -95,12 +95,18 @@ def _as_batch(audio: Tensor, channels: int) -> Tensor:
     return x.float()
 
 @torch.no_grad()
-def iter_encode(model: VAE, audio: Tensor, chunk_frames: int=CHUNK_FRAMES, overlap_frames: int=OVERLAP_FRAMES) -> Iterator[Tensor]:
-    "Yield the latent of `audio` in finished pieces `[B, D, f]`, chunk by chunk."
-    x = _as_batch(audio, model.cfg.in_channels)  # [B, C, T]
-    hop, T = model.hop_length, x.shape[-1]
+def iter_encode(model: VAE, audio: Union[Tensor, Callable], chunk_frames: int=CHUNK_FRAMES,
+                overlap_frames: int=OVERLAP_FRAMES, length: Optional[int]=None) -> Iterator[Tensor]:
+    "Yield the latent of `audio` in finished pieces `[B, D, f]`; `audio` may be a reader `(start, stop) -> [C, n]` with `length`."
+    if callable(audio):
+        if length is None: raise ValueError('iter_encode: a reader needs the total `length` in samples')
+        read, T = lambda s, e: _as_batch(audio(s, e), model.cfg.in_channels), int(length)
+    else:
+        x = _as_batch(audio, model.cfg.in_channels)  # [B, C, T]
+        read, T = lambda s, e: x[..., s:e], x.shape[-1]
+    hop = model.hop_length
     dev = next(model.parameters()).device
-    fn = lambda a, b: model.encode(x[..., a * hop:min(b * hop, T)].to(dev))
+    fn = lambda a, b: model.encode(read(a * hop, min(b * hop, T)).to(dev))
     yield from _iter_chunks(fn, math.ceil(T / hop), 1, chunk_frames, overlap_frames)
 
 def encode_audio(model: VAE, # a LyraCodec VAE (put it in eval mode)
@@ -137,7 +143,7 @@ def decode_latents(model: VAE, # a LyraCodec VAE
     "Decode latents of any length in overlapping, crossfaded chunks."
     return torch.cat(list(iter_decode(model, z, length, chunk_frames, overlap_frames)), -1)
 
-# %% ../nbs/06_codec.ipynb #76f224ad
+# %% ../nbs/06_codec.ipynb #c99e2cec
 from .dataset import AUDIO_EXTENSIONS, load_audio
 _FORMATS = {'.wav': ('WAV', 'FLOAT'), '.flac': ('FLAC', 'PCM_24'), '.ogg': ('OGG', 'VORBIS')}
 
@@ -187,7 +193,26 @@ def write_audio(path, # destination (.wav, .flac or .ogg)
     _atomic_write(p, write)
     return p
 
-# %% ../nbs/06_codec.ipynb #c22028ba
+# %% ../nbs/06_codec.ipynb #e6d640e0
+def encode_file(model: VAE, # a LyraCodec VAE
+                path, # audio file
+                chunk_frames: int=CHUNK_FRAMES, overlap_frames: int=OVERLAP_FRAMES,
+               ) -> tuple: # (latents `[1, D, F]`, length in samples at the model's rate, source info dict)
+    "Encode an audio file; files at the model's rate are read one chunk at a time."
+    import soundfile as sf
+    p = Path(path)
+    try: info = sf.info(str(p)) if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS else None
+    except (RuntimeError, ValueError, OSError) as e: info = None
+    if info is None or info.samplerate != model.sample_rate or info.frames < 1:
+        x, src = read_audio(p, model.sample_rate)  # raises the clear error, or resamples the whole file
+        return encode_audio(model, x, chunk_frames, overlap_frames), x.shape[-1], src
+    def reader(s, e):
+        try: return load_audio(p, model.sample_rate, start=s, frames=e - s)
+        except (RuntimeError, ValueError, OSError) as ex: raise ValueError(f'{p}: cannot read audio ({ex})') from None
+    z = torch.cat(list(iter_encode(model, reader, chunk_frames, overlap_frames, length=info.frames)), -1)
+    return z, info.frames, dict(sample_rate=int(info.samplerate), channels=int(info.channels), frames=int(info.frames))
+
+# %% ../nbs/06_codec.ipynb #57c766f8
 LATENT_DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
 LYRA_FORMAT = 'lyracodec.latents/1'
 
@@ -249,7 +274,7 @@ def check_compatible(model: VAE, meta: dict, path='latents') -> None:
         raise ValueError(f'{path}: latents were made by a model with config fingerprint {meta.get("model_fingerprint")} '
                          f'but this model has {fp}; decode with the model that encoded them')
 
-# %% ../nbs/06_codec.ipynb #2c9d431d
+# %% ../nbs/06_codec.ipynb #ec463adc
 def collect_files(inputs: Sequence, # files or folders
                   extensions: Sequence[str], # accepted suffixes, lower case
                  ) -> tuple: # ([(file, relative path)], [missing inputs])
@@ -309,11 +334,10 @@ def _cli(prog: str, description: str, extensions: Sequence[str], out_suffix: str
     print(f'{prog}: {ok} file(s) done, {failed} failed -> {out_dir}', file=sys.stderr)
     return 1 if failed or not (ok or failed) else 0
 
-# %% ../nbs/06_codec.ipynb #4e9dac43
+# %% ../nbs/06_codec.ipynb #7bf792c3
 def _encode_one(model, src, dst, a):
-    x, info = read_audio(src, model.sample_rate)
-    z = encode_audio(model, x, a.chunk_frames, a.overlap_frames)
-    save_latents(dst, z, latent_meta(model, x.shape[-1], info['sample_rate'], info['channels']), a.dtype)
+    z, n, info = encode_file(model, src, a.chunk_frames, a.overlap_frames)
+    save_latents(dst, z, latent_meta(model, n, info['sample_rate'], info['channels']), a.dtype)
 
 def _channels_out(pieces, channels: int):
     "Mix stereo output back to mono when the source was mono."
@@ -326,9 +350,8 @@ def _decode_one(model, src, dst, a):
     write_audio(dst, _channels_out(pieces, meta.get('channels', 2)), model.sample_rate)
 
 def _reconstruct_one(model, src, dst, a):
-    x, info = read_audio(src, model.sample_rate)
-    z = encode_audio(model, x, a.chunk_frames, a.overlap_frames)
-    pieces = iter_decode(model, z, x.shape[-1], a.chunk_frames, a.overlap_frames)
+    z, n, info = encode_file(model, src, a.chunk_frames, a.overlap_frames)
+    pieces = iter_decode(model, z, n, a.chunk_frames, a.overlap_frames)
     write_audio(dst, _channels_out(pieces, info['channels']), model.sample_rate)
 
 def encode_main(argv=None) -> int:

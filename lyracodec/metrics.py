@@ -16,7 +16,7 @@ import torch
 import torchaudio
 from torch import Tensor
 
-# %% ../nbs/07_metrics.ipynb #232f34f4
+# %% ../nbs/07_metrics.ipynb #a75973cf
 def _batched(ref: Tensor, est: Tensor) -> tuple:
     "Check shapes and return both as float64 `[B, C, T]`."
     if not (torch.is_tensor(ref) and torch.is_tensor(est)): raise TypeError('ref and est must be tensors')
@@ -24,6 +24,10 @@ def _batched(ref: Tensor, est: Tensor) -> tuple:
     if ref.dim() not in (2, 3): raise ValueError(f'expected [B, C, T] or [C, T], got shape {tuple(ref.shape)}')
     if ref.dim() == 2: ref, est = ref[None], est[None]
     return ref.double(), est.double()
+
+def _check_length(n: int, window: int, name: str):
+    "Centred STFTs reflect-pad by half a window: the signal must be longer than that."
+    if n <= window // 2: raise ValueError(f'{name} needs more than {window // 2} samples (half its largest window), got {n}')
 
 # %% ../nbs/07_metrics.ipynb #054843c8
 SISDR_EPS = 1e-8  # auraloss's epsilon; sets the -80 dB floor and the cap of a perfect reconstruction
@@ -39,7 +43,7 @@ def si_sdr(ref: Tensor, # reference `[B, C, T]` or `[C, T]`
     loss = auraloss.time.SISDRLoss(zero_mean=False, eps=SISDR_EPS, reduction='none')
     return (-loss(est.reshape(B, 1, -1), ref.reshape(B, 1, -1)))[:, 0].float()  # [B]
 
-# %% ../nbs/07_metrics.ipynb #0060a5a3
+# %% ../nbs/07_metrics.ipynb #5ff6b2ea
 MEL_SCALES = ((32, 5), (64, 10), (128, 20), (256, 40), (512, 80), (1024, 160), (2048, 320))  # (window, n_mels), DAC's
 MEL_CLAMP = 1e-5
 
@@ -56,6 +60,7 @@ def mel_distance(ref: Tensor, # reference `[B, C, T]` or `[C, T]`
                 ) -> Tensor: # scalar, mean over scales of the L1 distance of log10 mels
     "Multi-scale log10-mel L1 distance (DAC's mel loss, averaged over scales)."
     ref, est = _batched(ref, est)
+    _check_length(ref.shape[-1], max(w for w, _ in scales), 'mel_distance')
     ref, est = ref.reshape(-1, ref.shape[-1]), est.reshape(-1, est.shape[-1])  # [B*C, T]
     total = 0.0
     for window, n_mels in scales:
@@ -64,7 +69,7 @@ def mel_distance(ref: Tensor, # reference `[B, C, T]` or `[C, T]`
         total = total + (a - b).abs().mean()
     return (total / len(scales)).float()
 
-# %% ../nbs/07_metrics.ipynb #3e4419a0
+# %% ../nbs/07_metrics.ipynb #abf34e36
 STFT_SIZES = (2048, 1024, 512, 256, 128, 64, 32)
 
 @lru_cache(maxsize=4)
@@ -79,6 +84,7 @@ def mrstft_distance(ref: Tensor, # reference `[B, C, T]` or `[C, T]`
                    ) -> Tensor: # scalar
     "Multi-resolution STFT distance: auraloss `MultiResolutionSTFTLoss` (spectral convergence + log magnitude)."
     ref, est = _batched(ref, est)
+    _check_length(ref.shape[-1], max(fft_sizes), 'mrstft_distance')
     return _mrstft(tuple(int(n) for n in fft_sizes))(est, ref).float()
 
 # %% ../nbs/07_metrics.ipynb #1d1b9381
@@ -91,7 +97,7 @@ def bitrate_kbps(latent_dim: int, # latent channels D
         if not v > 0: raise ValueError(f'bitrate_kbps: {name} must be positive, got {v!r}')
     return latent_dim * frame_rate * bits_per_value / 1000
 
-# %% ../nbs/07_metrics.ipynb #50fe9644
+# %% ../nbs/07_metrics.ipynb #940c928a
 import argparse, csv, io, sys
 from pathlib import Path
 
@@ -106,10 +112,12 @@ def evaluate_pair(ref: Tensor, # reference `[C, T]`
     n = min(ref.shape[-1], est.shape[-1])
     ref, est = ref[..., :n], est[..., :n]
     seg = max(1, int(segment_seconds * sample_rate))
+    starts = list(range(0, n, seg))
+    if len(starts) > 1 and n - starts[-1] < seg // 2: starts.pop()  # a short tail joins the segment before it
+    bounds = list(zip(starts, starts[1:] + [n]))
     mel = stft = 0.0
-    for a in range(0, n, seg):
-        r, e = ref[..., a:a + seg], est[..., a:a + seg]
-        if r.shape[-1] < 64 and a > 0: continue  # a tail shorter than the smallest window adds nothing
+    for a, b in bounds:
+        r, e = ref[..., a:b], est[..., a:b]
         w = r.shape[-1] / n
         mel += w * mel_distance(r, e, sample_rate).item()
         stft += w * mrstft_distance(r, e).item()
