@@ -7,12 +7,13 @@ __all__ = ['AUDIO_EXTENSIONS', 'PathLike', 'VOICES', 'VOWELS', 'DEMO_MANIFEST', 
            'load_audio', 'make_demo_corpus', 'demo_corpus_main', 'AudioFileWarning', 'AugmentConfig', 'AudioFile',
            'split_of', 'rms_db', 'VocalDataset', 'audio_loader']
 
-# %% ../nbs/04_dataset.ipynb #ea356065
+# %% ../nbs/04_dataset.ipynb #890d475f
 import argparse
 import hashlib
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -30,7 +31,7 @@ from torch import Tensor
 
 from .vae import _atomic_write
 
-# %% ../nbs/04_dataset.ipynb #eca275b2
+# %% ../nbs/04_dataset.ipynb #0a23c83d
 AUDIO_EXTENSIONS = ('.wav', '.flac', '.ogg', '.mp3')
 PathLike = Union[str, os.PathLike]
 
@@ -44,20 +45,24 @@ def _resampler(orig_sr: int, new_sr: int) -> torchaudio.transforms.Resample:
 
 _W = 0.7071067811865476  # -3 dB
 
+def _stereo(a: np.ndarray) -> np.ndarray:
+    "`[C, T]` → `[2, T]` by the channel rule (numpy: no thread-pool overhead on small crops)."
+    C = a.shape[0]
+    if C == 2: return a
+    if C == 1: return np.concatenate([a, a])
+    if C < 1: raise ValueError('audio has no channels')
+    if C == 6:
+        fl, fr, fc, lfe, bl, br = a
+        return np.stack([fl + _W * (fc + bl), fr + _W * (fc + br)]) / (1 + 2 * _W)
+    rest = _W * a[2:].sum(0)
+    return np.stack([a[0] + rest, a[1] + rest]) / (1 + _W * (C - 2))
+
 def to_stereo(x: Tensor, # `[C, T]`, any C >= 1
              ) -> Tensor: # `[2, T]`
     "Mono → both sides, stereo kept, 5.1 → ITU downmix, other counts → channels 0/1 plus 0.707 × the rest."
-    C = x.shape[0]
-    if C == 2: return x
-    if C == 1: return x.repeat(2, 1)
-    if C < 1: raise ValueError('audio has no channels')
-    if C == 6:
-        fl, fr, fc, lfe, bl, br = x
-        return torch.stack([fl + _W * (fc + bl), fr + _W * (fc + br)]) / (1 + 2 * _W)
-    rest = _W * x[2:].sum(0)
-    return torch.stack([x[0] + rest, x[1] + rest]) / (1 + _W * (C - 2))
+    return torch.from_numpy(np.ascontiguousarray(_stereo(torch.as_tensor(x).detach().cpu().numpy())))
 
-# %% ../nbs/04_dataset.ipynb #f874ae3b
+# %% ../nbs/04_dataset.ipynb #15aacef2
 def _read(f: sf.SoundFile, start: int, frames: int) -> np.ndarray:
     "Read `frames` frames (-1: to the end) from `start`, as `[T, C]` float32; fewer at the end of the file."
     start = min(start, f.frames)
@@ -78,7 +83,7 @@ def load_audio(path: PathLike, # any file soundfile reads: wav, flac, ogg, mp3, 
         with sf.SoundFile(str(path)) as f:
             sr = f.samplerate
             if sr == sample_rate:
-                x = torch.from_numpy(_read(f, start, frames).T.copy())  # [C, T]
+                a = _read(f, start, frames).T  # [C, T]
             else:
                 g = math.gcd(sr, sample_rate)
                 step, out_step = sr // g, sample_rate // g     # source / target frames per aligned block
@@ -86,11 +91,13 @@ def load_audio(path: PathLike, # any file soundfile reads: wav, flac, ogg, mp3, 
                 src0 = max(0, (start * sr // sample_rate - margin) // step * step)
                 out0 = src0 // step * out_step                 # target index of the first source frame read
                 n = -1 if frames < 0 else -(-(start + frames) * sr // sample_rate) + margin - src0
-                y = _resampler(sr, sample_rate)(torch.from_numpy(_read(f, src0, n).T.copy()))  # [C, T']
-                x = y[:, start - out0:] if frames < 0 else y[:, start - out0: start - out0 + frames]
+                raw = _read(f, src0, n).T  # [C, T'']
+                if raw.shape[1] == 0: return torch.zeros(2, 0)
+                y = _resampler(sr, sample_rate)(torch.from_numpy(raw.copy())).numpy()  # [C, T']
+                a = y[:, start - out0:] if frames < 0 else y[:, start - out0: start - out0 + frames]
     except (sf.SoundFileError, RuntimeError, ValueError, OSError) as e:
         raise AudioLoadError(f'{path}: cannot read audio: {e}') from None
-    return to_stereo(x).contiguous()  # [2, T]
+    return torch.from_numpy(np.ascontiguousarray(_stereo(a), dtype=np.float32))  # [2, T]
 
 # %% ../nbs/04_dataset.ipynb #04585ed4
 VOICES = {  # name: (lowest MIDI note, highest MIDI note, formant scale, open quotient)
@@ -327,7 +334,7 @@ def demo_corpus_main(argv=None) -> int:
           f'({time.perf_counter() - t0:.1f} s)')
     return 0
 
-# %% ../nbs/04_dataset.ipynb #d2e5076c
+# %% ../nbs/04_dataset.ipynb #f3f18a42
 HOP_LENGTH = 2048  # the codec's total stride: crops are a whole number of latent frames
 
 class AudioFileWarning(UserWarning):
@@ -374,43 +381,43 @@ def split_of(rel: str, # path relative to the dataset root, POSIX style
     h = int.from_bytes(hashlib.sha1(rel.encode('utf-8')).digest()[:8], 'big') / 2 ** 64
     return 'valid' if h < valid_ratio else 'train'
 
-def rms_db(x: Tensor) -> float:
+def rms_db(x: Union[Tensor, np.ndarray]) -> float:
     "RMS level of `x` in dBFS (-200 for all zeros)."
-    return 10 * math.log10(max(float(x.double().pow(2).mean()), 1e-20))
+    a = x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
+    return 10 * math.log10(max(float(np.mean(np.square(a, dtype=np.float64))), 1e-20))
 
-# %% ../nbs/04_dataset.ipynb #3a808a5b
+# %% ../nbs/04_dataset.ipynb #2aeecc0a
 def _index_file(path: Path, root: Path, min_seconds: float):
     "`(AudioFile, None)` for a usable file, `(None, reason)` for one to skip."
     try:
         if path.stat().st_size == 0: return None, 'empty file (0 bytes)'
         info = sf.info(str(path))
     except (sf.SoundFileError, RuntimeError, OSError) as e:
-        return None, f'unreadable: {str(e).replace(str(path), "").strip(" :")}'
+        return None, f'unreadable ({re.sub(r"^Error opening .*?: ", "", str(e)).strip()})'
     if info.frames <= 0: return None, 'no audio frames'
     if info.channels < 1 or info.samplerate < 1: return None, f'bad header ({info.channels} ch, {info.samplerate} Hz)'
     if info.frames / info.samplerate < min_seconds:
         return None, f'too short ({1000 * info.frames / info.samplerate:.0f} ms < {1000 * min_seconds:.0f} ms)'
     return AudioFile(path, path.relative_to(root).as_posix(), info.frames, info.samplerate, info.channels, info.format), None
 
-# %% ../nbs/04_dataset.ipynb #5677cbb7
+# %% ../nbs/04_dataset.ipynb #c2d19d5d
 @lru_cache(maxsize=64)
 def _speed_resampler(percent: int) -> torchaudio.transforms.Resample:
     return torchaudio.transforms.Resample(percent, 100)
 
-@torch.no_grad()
-def _augment(x: Tensor, # `[2, T]`, peak-normalised
-             cfg: AugmentConfig, rng: np.random.Generator) -> Tensor: # `[2, T]`
+def _augment(x: np.ndarray, # `[2, T]`, peak-normalised
+             cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray: # `[2, T]`
     "Random attenuation, polarity inversion and left/right swap."
-    if rng.random() < cfg.p_gain: x = x * 10 ** (-rng.uniform(0, cfg.gain_db) / 20)
+    if rng.random() < cfg.p_gain: x = x * np.float32(10 ** (-rng.uniform(0, cfg.gain_db) / 20))
     if rng.random() < cfg.p_invert: x = -x
-    if rng.random() < cfg.p_swap: x = x.flip(0)
+    if rng.random() < cfg.p_swap: x = x[::-1]
     return x
 
-def _fit(x: Tensor, n: int) -> Tensor:
+def _fit(x: np.ndarray, n: int) -> np.ndarray:
     "Zero-pad on the right or cut `[C, T]` to `n` samples."
-    return torch.nn.functional.pad(x, (0, n - x.shape[-1])) if x.shape[-1] < n else x[..., :n]
+    return np.pad(x, ((0, 0), (0, n - x.shape[-1]))) if x.shape[-1] < n else x[:, :n]
 
-# %% ../nbs/04_dataset.ipynb #fa534d7a
+# %% ../nbs/04_dataset.ipynb #6e1f796d
 class VocalDataset(torch.utils.data.Dataset):
     "Crops of `target_length` stereo samples at `sample_rate` from every audio file under `root`."
     def __init__(self, root: PathLike, # folder searched recursively for wav, flac, ogg, mp3
@@ -425,7 +432,7 @@ class VocalDataset(torch.utils.data.Dataset):
                  augment: Optional[AugmentConfig]=None, # training-time augmentation (never on 'valid')
                  seed: int=0, # base seed of the training crops
                 ):
-        self.root = Path(root)
+        self.root = Path(root).resolve()
         if not self.root.is_dir(): raise FileNotFoundError(f'{self.root}: dataset folder not found')
         if isinstance(target_length, bool) or not isinstance(target_length, int) or target_length < HOP_LENGTH \
                 or target_length % HOP_LENGTH:
@@ -453,16 +460,18 @@ class VocalDataset(torch.utils.data.Dataset):
             what = f'the {split!r} split (valid_ratio={valid_ratio}) of' if split else ''
             raise ValueError(f'{self.root}: {what} no usable audio files: {len(found)} audio file(s) found '
                              f'({", ".join(AUDIO_EXTENSIONS)}), {len(self.skipped)} skipped in this split'
-                             + ('; use a smaller folder split or split=None' if split and found else ''))
+                             + ('; add files, change valid_ratio or use split=None' if split and found else ''))
         self._items = np.array([max(1, f.length(sample_rate) // target_length) for f in self.files])
         self._cum = np.cumsum(self._items)
         self._epoch = torch.zeros(1, dtype=torch.long).share_memory_()                   # set_epoch reaches workers
         self._failures = torch.zeros(len(self.files), dtype=torch.int32).share_memory_()  # read-time failures per file
-        self._draws, self._audible = 0, None
+        self._seen = torch.zeros(len(self), dtype=torch.int32).share_memory_()            # draws per item this epoch
+        self._audible = None
 
     def __len__(self) -> int: return int(self._cum[-1])
     def set_epoch(self, epoch: int):
         "Draw the crops of epoch `epoch` (shared with DataLoader workers, persistent ones included)."
+        self._seen.zero_()
         self._epoch[0] = int(epoch)
     @property
     def epoch(self) -> int: return int(self._epoch[0])
@@ -470,13 +479,14 @@ class VocalDataset(torch.utils.data.Dataset):
     def read_failures(self) -> int: return int(self._failures.sum())
     def __repr__(self): return f'VocalDataset({str(self.root)!r}, split={self.split!r}, {len(self.files)} files, {len(self)} items)'
 
-    def _read_crop(self, fi: int, start: int, percent: int=100) -> Tensor:
+    def _read_crop(self, fi: int, start: int, percent: int=100) -> np.ndarray:
         "Crop of file `fi` from `start`, `target_length` samples after varispeed by `percent` % (zero-padded)."
         f, L = self.files[fi], self.target_length
         n = L if percent == 100 else -(-L * percent // 100)
-        x = load_audio(f.path, self.sample_rate, start, n)  # [2, n'] (fewer at the end)
+        x = load_audio(f.path, self.sample_rate, start, n).numpy()  # [2, n'] (fewer at the end)
         if x.shape[-1] == 0: raise AudioLoadError(f'{f.path}: no frames at {start} (header says {f.length(self.sample_rate)})')
-        if percent != 100: x = _speed_resampler(percent)(x)
+        if percent != 100: x = _speed_resampler(percent)(torch.from_numpy(x)).numpy()
+        if not np.isfinite(x).all(): x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)  # float files can hold NaN/inf
         return _fit(x, L)
 
     def _random_start(self, fi: int, rng: np.random.Generator, percent: int=100) -> int:
@@ -518,9 +528,8 @@ class VocalDataset(torch.utils.data.Dataset):
             rng = np.random.default_rng([0x5EED, i])
             start = (i - (int(self._cum[fi - 1]) if fi else 0)) * self.target_length
         else:
-            wi = torch.utils.data.get_worker_info()
-            self._draws += 1
-            rng = np.random.default_rng([self.seed, self.epoch, 0 if wi is None else wi.id + 1, i, self._draws])
+            k = int(self._seen[i]); self._seen[i] = k + 1
+            rng = np.random.default_rng([self.seed, self.epoch, i, k])
         aug = None if valid else self.augment
         percent = 100
         if aug is not None and aug.p_speed > 0 and rng.random() < aug.p_speed:
@@ -537,13 +546,14 @@ class VocalDataset(torch.utils.data.Dataset):
             db = rms_db(x)
             if db >= self.silence_db: best = x; break
             if db > best_db: best, best_db = x, db
-            if tries % 2: start = self._random_start(fi, rng, percent)   # another offset of the same file
+            if tries % 2 and self.files[fi].length(self.sample_rate) > self.target_length * 1.5:
+                start = self._random_start(fi, rng, percent)  # another offset of the same (long enough) file
             else: fi = self._random_file(rng); start = self._random_start(fi, rng, percent)  # another file
         else: self._check_audible()
-        peak = float(best.abs().max())
+        peak = float(np.abs(best).max())
         if peak > 1e-5: best = best * (self.target_peak / peak)  # all-zero (or -100 dB) crops are left alone
         if aug is not None: best = _augment(best, aug, rng)
-        return best.float().contiguous()  # [2, target_length]
+        return torch.from_numpy(np.ascontiguousarray(best, dtype=np.float32))  # [2, target_length]
 
     def summary(self) -> str:
         "`N files, M skipped: reasons`, with durations, formats, rates and read-time failures."
@@ -553,7 +563,7 @@ class VocalDataset(torch.utils.data.Dataset):
             rates[f.sample_rate] = rates.get(f.sample_rate, 0) + 1
         minutes = sum(f.seconds for f in self.files) / 60
         lines = [f'{self.root} [{self.split or "all"}]: {len(self.files)} files, {len(self.skipped)} skipped'
-                 + (': ' + '; '.join(f'{r} ({why})' for r, why in self.skipped) if self.skipped else ''),
+                 + (': ' + '; '.join(f'{r}: {why}' for r, why in self.skipped) if self.skipped else ''),
                  f'  {minutes:.2f} min; formats {dict(sorted(fmts.items()))}; rates {dict(sorted(rates.items()))}',
                  f'  {len(self)} items of {self.target_length} samples at {self.sample_rate} Hz'
                  f' ({self.target_length / self.sample_rate:.3f} s), epoch {self.epoch}']
@@ -562,7 +572,7 @@ class VocalDataset(torch.utils.data.Dataset):
                      (': ' + '; '.join(f'{r} ({n}x)' for r, n in failed) if failed else ''))
         return '\n'.join(lines)
 
-# %% ../nbs/04_dataset.ipynb #4558eeb1
+# %% ../nbs/04_dataset.ipynb #1ccc884d
 def audio_loader(ds: VocalDataset, # the dataset
                  batch_size: int=8, num_workers: int=2,
                  shuffle: Optional[bool]=None, # default: shuffle unless `ds` is the validation split

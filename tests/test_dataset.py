@@ -74,13 +74,14 @@ def test_each_indexed_file_gives_stereo_crops(faulty):
     ds, _ = _ds(faulty)
     for fi, f in enumerate(ds.files):
         x = ds._read_crop(fi, 0)
-        assert x.shape == (2, L) and x.dtype == torch.float32, f.rel
-    six = ds._read_crop([f.rel for f in ds.files].index('six.wav'), 0)
+        assert x.shape == (2, L) and x.dtype == np.float32, f.rel
+    crop = lambda name: torch.from_numpy(ds._read_crop([f.rel for f in ds.files].index(name), 0).copy())
+    six = crop('six.wav')
     torch.testing.assert_close(six[1], six[0] * (0.70710678 / 1.70710678), atol=1e-5, rtol=0)  # 5.1: FL left, FC -3 dB both
     assert six[0].abs().max() > 0.1
-    low = ds._read_crop([f.rel for f in ds.files].index('low8k.mp3'), 0)
+    low = crop('low8k.mp3')
     assert torch.equal(low[0], low[1])  # mono duplicated
-    hi = ds._read_crop([f.rel for f in ds.files].index('hi96k.wav'), 0)[0]
+    hi = crop('hi96k.wav')[0]
     assert int(torch.fft.rfft(hi).abs().argmax()) == round(1000 * L / SR)  # 1 kHz after 96k -> 44.1k
 
 def test_all_zero_file_never_returns_silence_when_audio_exists(faulty):
@@ -98,6 +99,14 @@ def test_peak_normalisation_and_zero_safety(faulty):
     assert torch.isfinite(x).all() and x.abs().max() == 0
     y = ds[0]
     assert abs(float(y.abs().max()) - 0.95) < 1e-5
+
+def test_non_finite_samples_are_zeroed(tmp_path):
+    x = _noise(2.0, seed=8); x[1000:5000] = np.nan; x[9000] = np.inf
+    sf.write(tmp_path / 'nan.wav', x, SR, subtype='FLOAT')
+    ds = VocalDataset(tmp_path, split=None, target_length=L)
+    crop = torch.from_numpy(ds._read_crop(0, 0).copy())
+    assert torch.isfinite(crop).all() and crop[:, 1000:5000].abs().max() == 0
+    assert all(torch.isfinite(ds[i]).all() for i in range(len(ds)))
 
 def test_read_time_failure_is_replaced_and_counted(faulty, tmp_path):
     d = tmp_path / 'c'; shutil.copytree(faulty, d)
@@ -125,19 +134,47 @@ def long_folder(tmp_path_factory):
 
 def _fingerprints(batches): return [hashlib.sha1(x.numpy().tobytes()).hexdigest() for b in batches for x in b]
 
+def _loader(ds, workers, seed=0, **kw):
+    return DataLoader(ds, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(seed), num_workers=workers, **kw)
+
 def test_workers_and_epochs_draw_different_crops(long_folder):
     ds = VocalDataset(long_folder, split=None, target_length=L, seed=3)
-    sampler = [0] * 8  # the same item, over and over
-    dl = DataLoader(ds, batch_size=1, sampler=sampler, num_workers=2, persistent_workers=True)
+    dl = _loader(ds, 2, persistent_workers=True)
     e0 = _fingerprints(dl)
-    ds.set_epoch(1)  # must reach the persistent workers
+    assert len(e0) == len(ds) > 50 and len(set(e0)) == len(e0)   # both workers: every crop different
+    ds.set_epoch(1)  # reaches the persistent workers
     e1 = _fingerprints(dl)
-    assert len(set(e0)) == 8 and len(set(e1)) == 8   # each worker, each draw: a new crop
-    assert not set(e0) & set(e1)                      # a new epoch: new crops
-    ds2 = VocalDataset(long_folder, split=None, target_length=L, seed=3)   # same seed, same stream
-    assert _fingerprints(DataLoader(ds2, batch_size=1, sampler=sampler, num_workers=2)) == e0
-    ds3 = VocalDataset(long_folder, split=None, target_length=L, seed=4)   # another seed, other crops
-    assert not set(_fingerprints(DataLoader(ds3, batch_size=1, sampler=sampler, num_workers=2))) & set(e0)
+    assert len(set(e1)) == len(e1) and not set(e0) & set(e1)      # a new epoch: new crops
+    same = VocalDataset(long_folder, split=None, target_length=L, seed=3)
+    assert _fingerprints(_loader(same, 0)) == e0                  # independent of the worker count: exact resume
+    other = VocalDataset(long_folder, split=None, target_length=L, seed=4)
+    assert not set(_fingerprints(_loader(other, 2))) & set(e0)    # another seed, other crops
+
+def test_an_item_drawn_again_gets_another_crop(long_folder):
+    ds = VocalDataset(long_folder, split=None, target_length=L, seed=3)
+    first = [ds[5] for _ in range(3)]
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first[1], first[2])
+    ds.set_epoch(0)   # restarting the epoch restarts the draws
+    assert torch.equal(ds[5], first[0])
+
+class _EpochProbe(torch.utils.data.Dataset):
+    "Reports, from inside a worker, the epoch the wrapped dataset sees."
+    def __init__(self, ds): self.ds = ds
+    def __len__(self): return 4
+    def __getitem__(self, i): return self.ds.epoch
+
+def test_set_epoch_reaches_persistent_workers(long_folder):
+    ds = VocalDataset(long_folder, split=None, target_length=L)
+    dl = DataLoader(_EpochProbe(ds), batch_size=1, num_workers=2, persistent_workers=True)
+    assert [int(b) for b in dl] == [0] * 4
+    ds.set_epoch(3)
+    assert [int(b) for b in dl] == [3] * 4
+
+def test_epoch_alone_changes_the_crops(long_folder):
+    ds = VocalDataset(long_folder, split=None, target_length=L, seed=3)
+    dl = DataLoader(ds, batch_size=4, num_workers=2)   # workers restart each pass
+    a = _fingerprints(dl); ds.set_epoch(0); b = _fingerprints(dl); ds.set_epoch(1); c = _fingerprints(dl)
+    assert a == b and not set(a) & set(c)
 
 def test_validation_crops_are_deterministic(tmp_path):
     d = tmp_path

@@ -1,0 +1,136 @@
+"End-to-end tests of lyracodec_encode / _decode / _reconstruct / _eval, including each kind of bad input."
+import csv, math, os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from helpers import ROOT, run_cli
+from lyracodec.vae import VAE, VAEConfig, save_pretrained
+from lyracodec.codec import encode_main, decode_main, reconstruct_main, load_latents
+from lyracodec.metrics import eval_main
+
+SR = 44100
+ENV = {'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '1', 'WANDB_MODE': 'disabled'}
+
+def _tone(seconds: float, channels: int=2, f: float=220.0, sr: int=SR) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return np.stack([0.3 * np.sin(2 * np.pi * f * (k + 1) * t) for k in range(channels)], 1).astype(np.float32)  # [T, C]
+
+@pytest.fixture(scope='module')
+def work(tmp_path_factory):
+    "A tiny random model, a second model of another config, and a folder of inputs."
+    torch.set_num_threads(1)
+    d = tmp_path_factory.mktemp('codec')
+    torch.manual_seed(0)
+    save_pretrained(VAE(VAEConfig.preset('tiny')).eval(), d / 'model')
+    save_pretrained(VAE(VAEConfig.preset('tiny', channels=4)).eval(), d / 'other')
+    (d / 'in' / 'sub').mkdir(parents=True)
+    sf.write(d / 'in' / 'a.wav', _tone(1.0), SR, subtype='PCM_16')
+    sf.write(d / 'in' / 'sub' / 'b.flac', _tone(0.7, channels=1, sr=22050), 22050)   # mono at another rate, in a subfolder
+    return d
+
+def _files(d: Path) -> list:
+    return sorted(p.relative_to(d).as_posix() for p in d.rglob('*') if p.is_file()) if d.exists() else []
+
+def test_round_trip_through_console_scripts(work, tmp_path):
+    m = work / 'model'
+    r = run_cli('lyracodec_encode', work / 'in', '--model', m, '-o', tmp_path / 'lat', '--dtype', 'float16', env=ENV)
+    assert r.returncode == 0, r.stderr
+    assert _files(tmp_path / 'lat') == ['a.lyra', 'sub/b.lyra']
+    z, meta = load_latents(tmp_path / 'lat' / 'sub' / 'b.lyra')
+    assert meta['channels'] == 1 and meta['source_sample_rate'] == 22050 and meta['dtype'] == 'float16'
+    assert abs(meta['length'] - 0.7 * SR) <= 2, meta['length']
+    assert z.shape == (1, 64, math.ceil(meta['length'] / 2048))
+    r = run_cli('lyracodec_decode', tmp_path / 'lat', '--model', m, '-o', tmp_path / 'dec', env=ENV)
+    assert r.returncode == 0, r.stderr
+    assert _files(tmp_path / 'dec') == ['a.wav', 'sub/b.wav']
+    assert sf.info(tmp_path / 'dec' / 'a.wav').frames == SR and sf.info(tmp_path / 'dec' / 'a.wav').channels == 2
+    assert sf.info(tmp_path / 'dec' / 'sub' / 'b.wav').channels == 1          # mono source -> mono output
+    r = run_cli('lyracodec_reconstruct', work / 'in', '--model', m, '-o', tmp_path / 'rec', env=ENV)
+    assert r.returncode == 0, r.stderr
+    assert _files(tmp_path / 'rec') == ['a.wav', 'sub/b.wav']
+    r = run_cli('lyracodec_eval', work / 'in', tmp_path / 'rec', '--csv', tmp_path / 'm.csv', env=ENV)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(tmp_path / 'm.csv')))
+    assert [row['file'] for row in rows] == ['a.wav', 'sub/b.flac', 'mean']
+    assert all(math.isfinite(float(row['si_sdr_db'])) for row in rows)
+    assert 'si_sdr_db' in r.stdout and 'mean' in r.stdout
+
+def _one_error_line(err: str, name: str) -> None:
+    lines = [l for l in err.splitlines() if 'error:' in l]
+    assert len(lines) == 1 and name in lines[0], err
+
+def test_missing_input(work, tmp_path, capsys):
+    rc = encode_main([str(work / 'nope.wav'), '--model', str(work / 'model'), '-o', str(tmp_path / 'o'), '-q'])
+    assert rc != 0
+    _one_error_line(capsys.readouterr().err, 'nope.wav')
+    assert _files(tmp_path / 'o') == []
+
+def test_unsupported_and_corrupt_audio_do_not_stop_the_folder(work, tmp_path, capsys):
+    src = tmp_path / 'src'; src.mkdir()
+    sf.write(src / 'good.wav', _tone(0.5), SR)
+    (src / 'deep').mkdir()
+    (src / 'deep' / 'corrupt.wav').write_bytes(b'RIFF\x00\x00\x00\x00WAVEjunk' * 10)
+    (src / 'empty.flac').write_bytes(b'')
+    rc = reconstruct_main([str(src), '--model', str(work / 'model'), '-o', str(tmp_path / 'o'), '-q'])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert _files(tmp_path / 'o') == ['good.wav']                     # no partial output for the bad ones
+    assert not (tmp_path / 'o' / 'deep').exists()                     # nor an empty folder
+    assert any('corrupt.wav' in l for l in err.splitlines() if 'error:' in l)
+    assert any('empty.flac' in l for l in err.splitlines() if 'error:' in l)
+    assert '1 file(s) done, 2 failed' in err
+    (src / 'notes.txt').write_text('not audio')
+    rc = encode_main([str(src / 'notes.txt'), '--model', str(work / 'model'), '-o', str(tmp_path / 'o2'), '-q'])
+    assert rc != 0
+    _one_error_line(capsys.readouterr().err, 'notes.txt')
+    assert _files(tmp_path / 'o2') == []
+
+def test_latents_from_another_model(work, tmp_path, capsys):
+    assert encode_main([str(work / 'in' / 'a.wav'), '--model', str(work / 'model'), '-o', str(tmp_path / 'lat'), '-q']) == 0
+    capsys.readouterr()
+    rc = decode_main([str(tmp_path / 'lat'), '--model', str(work / 'other'), '-o', str(tmp_path / 'dec'), '-q'])
+    assert rc != 0
+    err = capsys.readouterr().err
+    _one_error_line(err, 'a.lyra')
+    assert 'fingerprint' in err
+    assert _files(tmp_path / 'dec') == []
+
+def test_not_a_latent_file(work, tmp_path, capsys):
+    (tmp_path / 'fake.lyra').write_bytes(b'\x08\x00\x00\x00\x00\x00\x00\x00{}garbage')
+    rc = decode_main([str(tmp_path / 'fake.lyra'), '--model', str(work / 'model'), '-o', str(tmp_path / 'dec'), '-q'])
+    assert rc != 0
+    _one_error_line(capsys.readouterr().err, 'fake.lyra')
+    assert _files(tmp_path / 'dec') == []
+
+def test_unwritable_output_folder(work, tmp_path, capsys):
+    blocker = tmp_path / 'file'; blocker.write_text('x')               # a folder cannot be made under a file
+    rc = encode_main([str(work / 'in'), '--model', str(work / 'model'), '-o', str(blocker / 'out'), '-q'])
+    assert rc != 0
+    _one_error_line(capsys.readouterr().err, str(blocker / 'out'))
+    rc = eval_main([str(work / 'in'), str(work / 'in'), '--csv', str(blocker / 'out' / 'm.csv'), '-q'])
+    assert rc != 0
+    _one_error_line(capsys.readouterr().err, str(blocker / 'out'))
+
+def test_bad_model_folder(work, tmp_path, capsys):
+    rc = encode_main([str(work / 'in'), '--model', str(tmp_path), '-o', str(tmp_path / 'o'), '-q'])
+    assert rc != 0
+    _one_error_line(capsys.readouterr().err, 'config.json')
+
+def test_eval_counts_unmatched_and_corrupt(work, tmp_path, capsys):
+    ref, est = tmp_path / 'ref', tmp_path / 'est'
+    ref.mkdir(); est.mkdir()
+    for name in ('x.wav', 'y.wav', 'z.wav'): sf.write(ref / name, _tone(0.5), SR)
+    sf.write(est / 'x.wav', _tone(0.5) * 0.5, SR)
+    (est / 'y.wav').write_bytes(b'garbage')
+    rc = eval_main([str(ref), str(est), '--csv', str(tmp_path / 'm.csv'), '-q'])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert any('z.wav' in l for l in err.splitlines() if 'error:' in l)
+    assert any('y.wav' in l for l in err.splitlines() if 'error:' in l)
+    assert '1 pair(s) evaluated, 2 failed' in err
+    rows = list(csv.DictReader(open(tmp_path / 'm.csv')))
+    assert [r['file'] for r in rows] == ['x.wav', 'mean'] and float(rows[0]['si_sdr_db']) > 60
