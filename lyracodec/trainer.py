@@ -853,10 +853,10 @@ class Trainer:
         for k, val in v.items(): self.history[k].append((self.step, val))
         bar.write(f'valid @ {self.step}: loss {v["valid/total"]:.4f}  SI-SDR {v["valid/si_sdr"]:.2f} dB  '
                   f'mel {v["valid/mel"]:.4f}  MR-STFT {v["valid/mrstft"]:.4f}')
-        if v['valid/total'] < self.best_val:
+        if v['valid/total'] < self.best_val:  # rank 0 only: no collective call here
             self.best_val = v['valid/total']
-            path = self.save()  # best.pt is a copy of this step's checkpoint
-            if path is not None: _atomic_write(self.run_dir / 'best.pt', lambda p: shutil.copyfile(path, p))
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(self.state_dict([rng_state()]), self.run_dir / 'best.pt')
 
     def _check_replicas(self):
         "Gather a digest of every rank's weights; rank 0 prints them and fails if they differ."
