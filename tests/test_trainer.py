@@ -149,3 +149,11 @@ def test_demo_cli_tiny_run(cache, tmp_path):
     assert T.load_config(run / 'config.yaml').run.max_steps == 3  # the effective config, overrides included
     r = run_cli('lyracodec_train', 'demo', cache / 'demo', '--out', run, *sets, env={'PYTHONPATH': str(ROOT)})
     assert r.returncode == 2 and 'already holds checkpoints' in r.stderr
+
+def test_bf16_autocast_and_accumulation(corpus, tmp_path):
+    "bf16 autocast on CPU with 2 micro-batches per step trains with finite losses; fp16 on CPU is refused by name."
+    tr = T.Trainer(cfg_of(corpus, 'run.amp=bf16', 'optim.accum_steps=2', 'run.max_steps=2', 'checkpoint.every=100'),
+                   tmp_path / 'run')
+    assert tr.amp == torch.bfloat16 and tr.fit() == 0
+    assert all(v == v for _, v in tr.history['total']) and tr.skipped == 0
+    with pytest.raises(T.ConfigError, match=r'run\.amp'): T.Trainer(cfg_of(corpus, 'run.amp=fp16'), tmp_path / 'x')
