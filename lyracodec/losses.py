@@ -19,6 +19,8 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn, Tensor
 
+from .vae import config_from_dict
+
 # %% ../nbs/04a_losses.ipynb #43e603c9
 RECIPES = ('seed', 'spectral', 'adversarial')
 GAN_LOSSES = ('hinge', 'ls')
@@ -73,10 +75,7 @@ class LossConfig:
     @classmethod
     def from_dict(cls, d: dict) -> 'LossConfig':
         "Build from a dict, refusing unknown keys by name."
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown: raise ValueError(f'LossConfig: unknown field(s) {unknown}; known fields are {sorted(known)}')
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 # %% ../nbs/04a_losses.ipynb #a16ce215
 def kl_weight_at(cfg: LossConfig, # the loss config
