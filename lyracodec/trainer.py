@@ -484,7 +484,7 @@ def write_reconstructions(model: VAE, # model to reconstruct with (eval mode, de
                           batch_size: int=8,
                          ) -> float: # multi-resolution STFT distance over all `clips`
     "Reconstruct held-out clips, write `clipK_input.wav`, `clipK_recon.wav`, `clipK.png`; return their MR-STFT distance."
-    import soundfile as sf
+    from lyracodec.codec import write_audio
     from lyracodec.metrics import mrstft_distance
     from lyracodec.display import plot_mels
     import matplotlib.pyplot as plt
@@ -498,8 +498,7 @@ def write_reconstructions(model: VAE, # model to reconstruct with (eval mode, de
     sr = model.sample_rate
     for i in range(min(n_files, len(clips))):
         for tag, a in (('input', clips[i]), ('recon', y[i])):
-            data = a.clamp(-1, 1).T.numpy()
-            _atomic_write(dest / f'clip{i}_{tag}.wav', lambda p, data=data: sf.write(p, data, sr, format='WAV'))
+            write_audio(dest / f'clip{i}_{tag}.wav', a.clamp(-1, 1), sr)
         fig = plot_mels({f'clip {i}: input': clips[i], f'clip {i}: reconstruction': y[i]}, sr)
         _atomic_write(dest / f'clip{i}.png', lambda p, fig=fig: fig.savefig(p, format='png', dpi=80))
         plt.close(fig)
