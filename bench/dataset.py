@@ -12,7 +12,8 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from lyracodec.dataset import VocalDataset, AugmentConfig, audio_loader, _demo_clip
+from lyracodec.dataset import VocalDataset, AugmentConfig, audio_loader
+from lyracodec.demo_corpus import _demo_clip
 from lyracodec.vae import VAE, VAEConfig
 
 def write_long_files(d: Path, sr: int, n: int, minutes: float):

@@ -9,11 +9,7 @@ than a wall-clock one keeps the comparison fair on a machine shared with other j
 figures printed are: multi-resolution STFT distance, multi-scale mel distance (both lower is better) and SI-SDR
 (dB, higher is better), at step 0 and at the end.
 
-Data: the demo corpus (`lyracodec.dataset.make_demo_corpus` + `VocalDataset`) when that module exists; otherwise
-synthetic sung vowels generated here (glottal harmonics with vibrato through moving formants, breath noise, a stereo
-image), training and held-out clips from different seeds. Metrics: `lyracodec.metrics` when it exists; otherwise
-the same definitions computed here (auraloss MR-STFT 2048..32 hop fft/4, DAC-scale log10-mel L1, SI-SDR). The
-output says which were used.
+Data: the demo corpus (`lyracodec.demo_corpus.make_demo_corpus` + `VocalDataset`). Metrics: `lyracodec.metrics`.
 
     PYTHONPATH=$PWD python bench/recipes.py --budget 240 --recipes seed,spectral,adversarial
 """
@@ -37,52 +33,10 @@ EVAL_LEN = 65536    # held-out clip (1.49 s, 32 latent frames)
 VOWELS = {  # formant frequencies (Hz) and bandwidths of sung vowels
     'a': (800, 1150, 2900), 'e': (400, 1600, 2700), 'i': (350, 1700, 2700), 'o': (450, 800, 2830), 'u': (325, 700, 2530)}
 
-def synth_voice(seconds: float, seed: int) -> torch.Tensor:
-    "One synthetic sung phrase `[2, T]`: harmonics of a vibrato f0 through moving formants, breath noise, stereo image."
-    g = torch.Generator().manual_seed(seed)
-    rnd = lambda *s: torch.rand(*s, generator=g)
-    T = int(seconds * SR)
-    t = torch.arange(T) / SR
-    # notes: a new pitch and vowel every 0.15..0.5 s
-    n_notes = max(1, int(seconds / 0.15))
-    lens = 0.15 + 0.35 * rnd(n_notes)
-    bounds = (torch.cumsum(lens, 0) / lens.sum() * T).long()
-    idx = torch.bucketize(torch.arange(T), bounds, right=True).clamp_max(n_notes - 1)  # note index per sample
-    base = 110 + 220 * rnd(1)
-    semis = torch.randint(-5, 8, (n_notes,), generator=g).float()
-    f0_note = base * 2 ** (semis / 12)
-    k = torch.ones(401) / 401  # smooth glides between notes
-    f0 = torch.nn.functional.conv1d(f0_note[idx][None, None], k[None, None], padding=200)[0, 0]
-    f0 = f0 * (1 + 0.015 * torch.sin(2 * math.pi * (4.5 + rnd(1)) * t))  # vibrato
-    phase = 2 * math.pi * torch.cumsum(f0, 0) / SR
-    names = list(VOWELS)
-    vow = torch.tensor([VOWELS[names[i]] for i in torch.randint(0, 5, (n_notes,), generator=g)], dtype=torch.float32)
-    formants = torch.nn.functional.conv1d(vow[idx].T[:, None], k[None, None], padding=200)[:, 0]  # [3, T]
-    voiced = torch.zeros(T)
-    for h in range(1, 41):
-        fh = h * f0
-        amp = sum(g_ / (1 + ((fh - formants[i]) / (60 + 40 * i)) ** 2) for i, g_ in enumerate((1.0, 0.6, 0.3)))
-        amp = amp * (fh < SR / 2 - 1000) / h ** 0.6
-        voiced += amp * torch.sin(h * phase)
-    env_note = torch.sin(math.pi * ((torch.arange(T) - torch.cat([torch.zeros(1), bounds[:-1].float()])[idx]) /
-                                    (bounds - torch.cat([torch.zeros(1), bounds[:-1].float()]))[idx]).clamp(0, 1)).clamp_min(0) ** 0.5
-    breath = torch.randn(T, generator=g) * 0.02
-    mono = voiced * env_note + breath * env_note
-    pan = 0.3 + 0.4 * rnd(1)
-    delay = int(rnd(1).item() * 20)
-    left, right = mono * (1 - pan), torch.roll(mono, delay) * pan
-    x = torch.stack([left, right])
-    return 0.95 * x / x.abs().max()
-
-def synthetic_data(n_train: int=16, n_valid: int=8) -> tuple:
-    "Training clips (3 s each) and held-out clips (`EVAL_LEN` samples), from disjoint seeds."
-    train = torch.stack([synth_voice(3.0, 1000 + i) for i in range(n_train)])  # [N, 2, 3*SR]
-    valid = torch.stack([synth_voice(EVAL_LEN / SR + 0.01, 2000 + i)[:, :EVAL_LEN] for i in range(n_valid)])
-    return train, valid
-
 def corpus_data(cache: Path, epochs: int=2) -> tuple:
     "Training crops (`epochs` passes of `VocalDataset`, 2·CROP samples each) and held-out crops (valid split)."
-    from lyracodec.dataset import make_demo_corpus, VocalDataset
+    from lyracodec.dataset import VocalDataset
+    from lyracodec.demo_corpus import make_demo_corpus
     root = make_demo_corpus(cache / 'corpus')
     train = VocalDataset(root, target_length=2 * CROP, split='train', seed=0)
     crops = []
@@ -93,23 +47,16 @@ def corpus_data(cache: Path, epochs: int=2) -> tuple:
     return torch.stack(crops), torch.stack([valid[i] for i in range(min(len(valid), 12))])
 
 def load_data(cache: Path) -> tuple:
-    """(train, valid, source): crops of the demo corpus if `lyracodec.dataset` exists, else synthetic clips.
-    Built once and cached in `cache`, so that reading and decoding audio is outside every run's CPU budget."""
-    try:
-        import lyracodec.dataset  # noqa: F401
-        kind, build = 'corpus', corpus_data
-    except ImportError:
-        kind, build = 'synthetic', lambda c: synthetic_data()
-    f = cache / f'bench_{kind}.pt'
+    """(train, valid, source): crops of the demo corpus, built once and cached in `cache`, so that reading and
+    decoding audio is outside every run's CPU budget."""
+    f = cache / 'bench_corpus.pt'
     if f.is_file(): tr, va = torch.load(f, weights_only=True)
     else:
-        tr, va = build(cache)
+        tr, va = corpus_data(cache)
         cache.mkdir(parents=True, exist_ok=True)
         tmp = f.with_suffix('.tmp'); torch.save((tr, va), tmp); os.replace(tmp, f)
-    if kind == 'corpus':
-        return tr, va, (f'demo corpus (make_demo_corpus, 2 min, seed 0): {len(tr)} training crops of {tr.shape[-1]} '
-                        f'samples (VocalDataset train split, 2 epochs), {len(va)} held-out crops of {EVAL_LEN} (valid split)')
-    return tr, va, f'synthetic sung vowels generated in the bench ({len(tr)} x 3 s train, {len(va)} x {EVAL_LEN} held out)'
+    return tr, va, (f'demo corpus (make_demo_corpus, 2 min, seed 0): {len(tr)} training crops of {tr.shape[-1]} '
+                    f'samples (VocalDataset train split, 2 epochs), {len(va)} held-out crops of {EVAL_LEN} (valid split)')
 
 def batch_from(train: torch.Tensor, B: int, g: torch.Generator) -> torch.Tensor:
     "A batch `[B, 2, CROP]` of random crops of random clips `[N, 2, L]`."
@@ -119,25 +66,9 @@ def batch_from(train: torch.Tensor, B: int, g: torch.Generator) -> torch.Tensor:
 
 # ---------------------------------------------------------------- metrics
 def metric_fns() -> tuple:
-    "(mrstft, mel, si_sdr, source): lyracodec.metrics when it exists, else local definitions."
-    try:
-        from lyracodec.metrics import mrstft_distance, mel_distance, si_sdr
-        return mrstft_distance, lambda r, e: mel_distance(r, e, SR), si_sdr, 'lyracodec.metrics'
-    except ImportError:
-        pass
-    import auraloss
-    from lyracodec.losses import MultiScaleMelLoss
-    ffts = [2048, 1024, 512, 256, 128, 64, 32]
-    mr = auraloss.freq.MultiResolutionSTFTLoss(fft_sizes=ffts, hop_sizes=[n // 4 for n in ffts], win_lengths=ffts)
-    mel = MultiScaleMelLoss(SR)
-    def si_sdr(ref, est):  # [B, C, T] -> [B] dB, channels flattened, zero-mean
-        r, e = ref.reshape(ref.shape[0], -1), est.reshape(est.shape[0], -1)
-        r, e = r - r.mean(-1, keepdim=True), e - e.mean(-1, keepdim=True)
-        a = (e * r).sum(-1, keepdim=True) / (r.pow(2).sum(-1, keepdim=True) + 1e-8)
-        s = a * r
-        return 10 * torch.log10(s.pow(2).sum(-1) / ((e - s).pow(2).sum(-1) + 1e-8) + 1e-8)
-    return (lambda r, e: mr(e, r)), (lambda r, e: mel(r, e)), si_sdr, \
-        'local (auraloss MR-STFT 2048..32 hop fft/4; 7-scale log10-mel L1; SI-SDR) - lyracodec.metrics not on this branch'
+    "(mrstft, mel, si_sdr, source): the figures of lyracodec.metrics."
+    from lyracodec.metrics import mrstft_distance, mel_distance, si_sdr
+    return mrstft_distance, lambda r, e: mel_distance(r, e, SR), si_sdr, 'lyracodec.metrics'
 
 @torch.no_grad()
 def evaluate(model, valid: torch.Tensor, fns) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from lyracodec.trainer import Trainer, load_config, cache_dir
-from lyracodec.dataset import make_demo_corpus
+from lyracodec.demo_corpus import make_demo_corpus
 
 def one_run(cfg, run_dir: Path, steps: int, warmup: int) -> tuple:
     "(steps/s, data-wait share) over `steps` timed steps after `warmup` untimed ones."

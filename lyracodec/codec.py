@@ -4,16 +4,14 @@
 
 # %% auto #0
 __all__ = ['CHUNK_FRAMES', 'OVERLAP_FRAMES', 'LATENT_DTYPES', 'LYRA_FORMAT', 'receptive_frames', 'chunk_plan', 'fade_in',
-           'iter_encode', 'encode_audio', 'iter_decode', 'decode_latents', 'read_audio', 'write_audio', 'encode_file',
-           'model_fingerprint', 'latent_meta', 'save_latents', 'load_latents', 'check_compatible', 'collect_files',
-           'encode_main', 'decode_main', 'reconstruct_main']
+           'iter_encode', 'encode_audio', 'iter_decode', 'decode_latents', 'encode_file', 'model_fingerprint',
+           'latent_meta', 'save_latents', 'load_latents', 'check_compatible', 'encode_main', 'decode_main',
+           'reconstruct_main']
 
 # %% ../nbs/06_codec.ipynb #2c1519e3
-import argparse
 import hashlib
 import json
 import math
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -24,8 +22,11 @@ import torch
 from torch import Tensor
 
 import lyracodec
-from .vae import VAE, VAEConfig, load_pretrained, _atomic_write
-from .residual import receptive_field, measured_receptive_field
+from .core import PathLike, atomic_write, check_output, cli_parser, os_error_message, remove_stale_temps
+from .audio import (AUDIO_EXTENSIONS, audio_info, load_audio, read_audio, resampled_length, write_audio,
+                             collect_files)
+from .vae import VAE, VAEConfig, load_pretrained
+from .residual import receptive_field
 
 # %% ../nbs/06_codec.ipynb #b4fd2535
 def receptive_frames(cfg: VAEConfig, # the model's config (only strides matter)
@@ -144,73 +145,16 @@ def decode_latents(model: VAE, # a LyraCodec VAE
     return torch.cat(list(iter_decode(model, z, length, chunk_frames, overlap_frames)), -1)
 
 # %% ../nbs/06_codec.ipynb #c99e2cec
-from .dataset import AUDIO_EXTENSIONS, load_audio
-_FORMATS = {'.wav': ('WAV', 'FLOAT'), '.flac': ('FLAC', 'PCM_24'), '.ogg': ('OGG', 'VORBIS')}
-
-def read_audio(path, # audio file (wav, flac, ogg, mp3)
-               sample_rate: int=44100, # resample to this rate
-              ) -> tuple: # (audio `[2, T]` float32, info dict: sample_rate, channels, frames of the source)
-    "Read an audio file for the codec; errors name the file."
-    import soundfile as sf
-    p = Path(path)
-    if not p.is_file(): raise FileNotFoundError(f'{p}: no such file')
-    if p.suffix.lower() not in AUDIO_EXTENSIONS:
-        raise ValueError(f'{p}: unsupported audio type {p.suffix!r} (supported: {", ".join(AUDIO_EXTENSIONS)})')
-    try:
-        info = sf.info(str(p))
-        x = load_audio(p, sample_rate=sample_rate)
-    except (RuntimeError, ValueError, OSError, EOFError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(msg if msg.startswith(str(p)) else f'{p}: cannot read audio ({msg})') from None
-    if x.shape[-1] < 1: raise ValueError(f'{p}: the file holds no audio samples')
-    return x.float(), dict(sample_rate=int(info.samplerate), channels=int(info.channels), frames=int(info.frames))
-
-def _audio_format(path: Path) -> tuple:
-    ext = path.suffix.lower()
-    if ext not in _FORMATS: raise ValueError(f'{path}: cannot write {ext!r} files (choose one of {", ".join(_FORMATS)})')
-    return _FORMATS[ext]
-
-def write_audio(path, # destination (.wav, .flac or .ogg)
-                audio: Union[Tensor, Iterator[Tensor]], # `[C, T]`, or an iterator of `[C, n]` pieces
-                sample_rate: int, # Hz
-               ) -> Path:
-    "Write audio atomically (temporary file, then rename); pieces are streamed, never held together."
-    import soundfile as sf
-    p = Path(path)
-    fmt, subtype = _audio_format(p)
-    pieces = [audio] if torch.is_tensor(audio) else audio
-    def write(tmp):
-        f = None
-        try:
-            for piece in pieces:
-                a = piece.detach().cpu().float()
-                if a.dim() == 3: a = a[0]  # [C, n]
-                if subtype != 'FLOAT': a = a.clamp(-1, 1)
-                if f is None: f = sf.SoundFile(tmp, 'w', int(sample_rate), a.shape[0], subtype=subtype, format=fmt)
-                f.write(a.T.numpy())
-        finally:
-            if f is not None: f.close()
-    _atomic_write(p, write)
-    return p
-
-# %% ../nbs/06_codec.ipynb #e6d640e0
 def encode_file(model: VAE, # a LyraCodec VAE
-                path, # audio file
+                path: PathLike, # audio file
                 chunk_frames: int=CHUNK_FRAMES, overlap_frames: int=OVERLAP_FRAMES,
                ) -> tuple: # (latents `[1, D, F]`, length in samples at the model's rate, source info dict)
-    "Encode an audio file; files at the model's rate are read one chunk at a time."
-    import soundfile as sf
-    p = Path(path)
-    try: info = sf.info(str(p)) if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS else None
-    except (RuntimeError, ValueError, OSError) as e: info = None
-    if info is None or info.samplerate != model.sample_rate or info.frames < 1:
-        x, src = read_audio(p, model.sample_rate)  # raises the clear error, or resamples the whole file
-        return encode_audio(model, x, chunk_frames, overlap_frames), x.shape[-1], src
-    def reader(s, e):
-        try: return load_audio(p, model.sample_rate, start=s, frames=e - s)
-        except (RuntimeError, ValueError, OSError) as ex: raise ValueError(f'{p}: cannot read audio ({ex})') from None
-    z = torch.cat(list(iter_encode(model, reader, chunk_frames, overlap_frames, length=info.frames)), -1)
-    return z, info.frames, dict(sample_rate=int(info.samplerate), channels=int(info.channels), frames=int(info.frames))
+    "Encode an audio file, reading (and resampling) one chunk at a time: memory does not grow with its length."
+    info = audio_info(path)
+    n = resampled_length(info['frames'], info['sample_rate'], model.sample_rate)
+    def reader(s, e): return load_audio(path, model.sample_rate, start=s, frames=e - s)
+    z = torch.cat(list(iter_encode(model, reader, chunk_frames, overlap_frames, length=n)), -1)
+    return z, n, info
 
 # %% ../nbs/06_codec.ipynb #57c766f8
 LATENT_DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
@@ -246,7 +190,7 @@ def save_latents(path, # destination `.lyra` file
     m = {k: v if isinstance(v, str) else json.dumps(v) for k, v in {**meta, 'dtype': dtype}.items()}
     t = {'latents': z.detach().to('cpu', LATENT_DTYPES[dtype]).contiguous()}
     p = Path(path)
-    _atomic_write(p, lambda tmp: save_file(t, tmp, metadata=m))
+    atomic_write(p, lambda tmp: save_file(t, tmp, metadata=m))
     return p
 
 def load_latents(path, # a `.lyra` file
@@ -275,18 +219,6 @@ def check_compatible(model: VAE, meta: dict, path='latents') -> None:
                          f'but this model has {fp}; decode with the model that encoded them')
 
 # %% ../nbs/06_codec.ipynb #ec463adc
-def collect_files(inputs: Sequence, # files or folders
-                  extensions: Sequence[str], # accepted suffixes, lower case
-                 ) -> tuple: # ([(file, relative path)], [missing inputs])
-    "Expand folders recursively into files with one of `extensions`; missing paths are returned separately."
-    found, missing = [], []
-    for i in map(Path, inputs):
-        if i.is_dir():
-            found += [(f, f.relative_to(i)) for f in sorted(i.rglob('*')) if f.is_file() and f.suffix.lower() in extensions]
-        elif i.is_file(): found.append((i, Path(i.name)))
-        else: missing.append(i)
-    return found, missing
-
 def _prepare_out_dir(d: Path) -> Optional[str]:
     "Create the output folder and check it is writable; an error message or None."
     try:
@@ -299,7 +231,7 @@ def _cli(prog: str, description: str, extensions: Sequence[str], out_suffix: str
          extra_args: Callable=lambda p: None) -> int:
     "Shared driver: parse, load the model, run `work(model, src, dst, args)` per file with a progress bar."
     from tqdm.auto import tqdm
-    p = argparse.ArgumentParser(prog=prog, description=description)
+    p = cli_parser(prog, description)
     p.add_argument('inputs', nargs='+', help='files or folders')
     p.add_argument('--model', required=True, help='folder written by save_pretrained')
     p.add_argument('-o', '--out-dir', required=True, help='output folder')

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from .vae import VAE
-from .codec import encode_audio, decode_latents, read_audio, collect_files, AUDIO_EXTENSIONS
+from .audio import read_audio, collect_files, AUDIO_EXTENSIONS
+from .codec import encode_audio, decode_latents
 from .display import player, plot_mels
 
 # %% ../nbs/08_explore.ipynb #06de39b4

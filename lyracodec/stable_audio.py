@@ -5,24 +5,21 @@
 # %% auto #0
 __all__ = ['PREFIXES', 'SAFETENSORS_EXTS', 'TORCH_EXTS', 'to_stable_audio_key', 'from_stable_audio_key', 'stable_audio_shapes',
            'StableAudioError', 'find_autoencoder_prefix', 'read_autoencoder_tensors', 'infer_config', 'matching_preset',
-           'StableAudioState', 'convert_state', 'load_stable_audio_state', 'from_stable_audio', 'convert_main']
+           'StableAudioState', 'convert_state', 'load_stable_audio_state', 'convert_main']
 
 # %% ../nbs/09_stable_audio.ipynb #3957b6b7
-import argparse
-import math
 import os
 import pickle
 import re
 import shutil
-import sys
-import tempfile
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
 import torch
-from torch import Tensor
 
-from .vae import VAE, VAEConfig, PRESETS, PathLike, save_pretrained
+from .core import PathLike, new_temp_path, remove_stale_temps, cli_parser, run_main
+from .vae_config import VAEConfig, PRESETS, write_model_folder
+from .blocks import Encoder, Decoder
 
 # %% ../nbs/09_stable_audio.ipynb #12344218
 _WN_NAMES = {'.parametrizations.weight.original0': '.weight_g', '.parametrizations.weight.original1': '.weight_v'}
@@ -44,8 +41,9 @@ def from_stable_audio_key(key: str, # a stable-audio-tools key
 def stable_audio_shapes(cfg: VAEConfig, # the model's shape
                        ) -> dict: # stable-audio-tools key -> shape tuple
     "The tensors a stable-audio-tools autoencoder of shape `cfg` holds, in its naming."
-    with torch.device('meta'): model = VAE(cfg)
-    return {to_stable_audio_key(k): tuple(v.shape) for k, v in model.state_dict().items()}
+    with torch.device('meta'): halves = {'encoder': Encoder(cfg), 'decoder': Decoder(cfg)}  # a VAE's two halves
+    return {to_stable_audio_key(f'{name}.{k}'): tuple(v.shape)
+            for name, m in halves.items() for k, v in m.state_dict().items()}
 
 # %% ../nbs/09_stable_audio.ipynb #daafdffb
 PREFIXES = ('autoencoder_ema.ema_model.', 'pretransform.model.', 'autoencoder.', '')  # searched in this order
@@ -201,28 +199,17 @@ def load_stable_audio_state(path: PathLike, # `.safetensors` (preferred) or `.ck
         if bad: raise StableAudioError(f'{path}: not the {preset!r} preset: ' + '; '.join(bad))
     return StableAudioState(cfg, convert_state(sd, cfg, path), prefix)
 
-def from_stable_audio(path: PathLike, # `.safetensors` (preferred) or `.ckpt`/`.pt`
-                      preset: Optional[str]=None, # if given, the file's shapes must be this preset's
-                     ) -> VAE: # in eval mode, weight norm kept
-    "A LyraCodec `VAE` with the weights of a Stable Audio (Open) autoencoder checkpoint."
-    # `encode(x)` is then the posterior mean; stable-audio-tools always samples: `encode(x, sample=True)` does that.
-    cfg, state, _ = load_stable_audio_state(path, preset)
-    model = VAE(cfg)
-    model.load_state_dict(state, strict=True)
-    return model.eval()
-
-VAE.from_stable_audio = staticmethod(from_stable_audio)
-
 # %% ../nbs/09_stable_audio.ipynb #4c988b3e
-def _write_model_dir(model: VAE, dest: Path, overwrite: bool=False) -> Path:
-    "Write `model` with `save_pretrained` into a temporary sibling folder, then move it to `dest`."
+def _write_model_dir(cfg: VAEConfig, state: dict, dest: Path, overwrite: bool=False) -> Path:
+    "Write a model folder into a temporary sibling folder, then move it to `dest`."
     if dest.exists() and not dest.is_dir(): raise StableAudioError(f'{dest}: exists and is not a folder')
     if dest.is_dir() and any(dest.iterdir()) and not overwrite:
         raise StableAudioError(f'{dest}: folder exists and is not empty (pass --overwrite to replace its model files)')
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f'.{dest.name}.', suffix='.tmp'))
+    remove_stale_temps(dest)
+    tmp = new_temp_path(dest, dir=True)
     try:
-        save_pretrained(model, tmp)
+        write_model_folder(cfg, state, True, tmp)
         if dest.is_dir():
             for f in tmp.iterdir(): os.replace(f, dest / f.name)
         else: os.replace(tmp, dest)
@@ -233,23 +220,22 @@ def _write_model_dir(model: VAE, dest: Path, overwrite: bool=False) -> Path:
 def convert_main(argv: Optional[Sequence[str]]=None, # arguments (default: `sys.argv[1:]`)
                 ) -> int: # exit code
     "Console script `lyracodec_convert`: a Stable Audio autoencoder checkpoint to a LyraCodec model folder."
-    p = argparse.ArgumentParser(prog='lyracodec_convert', description=convert_main.__doc__)
+    p = cli_parser('lyracodec_convert', 'Convert a Stable Audio (Open) autoencoder checkpoint into a LyraCodec model '
+                   'folder (config.json + model.safetensors), checking every key and shape.',
+                   epilog='example:\n  lyracodec_convert --from-stable-audio model.safetensors sao-vae --preset full')
     p.add_argument('--from-stable-audio', nargs=2, metavar=('IN', 'OUT_DIR'), required=True,
                    help='a .safetensors (preferred) or .ckpt/.pt checkpoint, and the model folder to write')
     p.add_argument('--preset', choices=sorted(PRESETS), default=None, help="require this preset's shapes (e.g. full)")
     p.add_argument('--overwrite', action='store_true', help='replace the model files in an existing OUT_DIR')
     a = p.parse_args(argv)
     src, dest = map(Path, a.from_stable_audio)
-    try:
+    def body() -> int:
         cfg, state, prefix = load_stable_audio_state(src, a.preset)
-        model = VAE(cfg)
-        model.load_state_dict(state, strict=True)
-        _write_model_dir(model, dest, a.overwrite)
-    except (StableAudioError, OSError, ValueError) as e:
-        print(f'lyracodec_convert: error: {" ".join(str(e).split())}', file=sys.stderr)
-        return 1
-    where = f"under '{prefix}'" if prefix else 'at the top level'
-    shapes = matching_preset(cfg) or f'custom (channels {cfg.channels}, c_mults {cfg.c_mults}, latent {cfg.latent_dim})'
-    print(f'{src}: autoencoder found {where}, {len(state)} tensors, {model.num_params():,} parameters, shapes: {shapes}')
-    print(f'wrote {dest} (bottleneck softplus, {cfg.frame_rate:.2f} frames/s x {cfg.latent_dim})')
-    return 0
+        _write_model_dir(cfg, state, dest, a.overwrite)
+        where = f"under '{prefix}'" if prefix else 'at the top level'
+        shapes = matching_preset(cfg) or f'custom (channels {cfg.channels}, c_mults {cfg.c_mults}, latent {cfg.latent_dim})'
+        n = sum(v.numel() for v in state.values())
+        print(f'{src}: autoencoder found {where}, {len(state)} tensors, {n:,} parameters, shapes: {shapes}')
+        print(f'wrote {dest} (bottleneck softplus, {cfg.frame_rate:.2f} frames/s x {cfg.latent_dim})')
+        return 0
+    return run_main('lyracodec_convert', body)

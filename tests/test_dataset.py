@@ -9,8 +9,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from helpers import ROOT, run_cli
-from lyracodec.dataset import (VocalDataset, AugmentConfig, AudioFileWarning, load_audio, make_demo_corpus,
-                               split_of, rms_db, audio_loader, DEMO_MANIFEST, _demo_clip)
+from lyracodec.dataset import VocalDataset, AugmentConfig, AudioFileWarning, split_of, rms_db, audio_loader
+from lyracodec.audio import load_audio
+from lyracodec.demo_corpus import make_demo_corpus, DEMO_MANIFEST, _demo_clip
 
 SR, L = 44100, 8192
 

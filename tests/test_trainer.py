@@ -7,7 +7,7 @@ import torch
 from helpers import ROOT, run_cli
 
 from lyracodec import trainer as T
-from lyracodec.dataset import make_demo_corpus
+from lyracodec.demo_corpus import make_demo_corpus
 
 # a tiny, fast run: tiny preset, 4096-sample crops, two validation clips, no logger, one thread
 BASE = ['data.target_length=4096', 'data.valid_length=8192', 'data.batch_size=2', 'data.num_workers=0',
@@ -81,6 +81,7 @@ def test_nan_skips_counts_and_stops(corpus, tmp_path, capsys):
     assert all(torch.isfinite(v).all() for v in last['model'].values())
 
 def test_sigint_saves_checkpoint(corpus, tmp_path):
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN when the suite runs in the background (nohup ... &)
     tr = T.Trainer(cfg_of(corpus, 'run.max_steps=50', 'checkpoint.every=100'), tmp_path / 'run')
     orig = tr.train_step
     def step_then_interrupt(batches):
@@ -90,12 +91,12 @@ def test_sigint_saves_checkpoint(corpus, tmp_path):
     tr.train_step = step_then_interrupt
     assert tr.fit() == 130
     assert T.load_checkpoint(tmp_path / 'run' / 'last.pt')['step'] == 2
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is before  # handler restored
 
 def test_checkpoint_write_is_atomic(corpus, tmp_path, monkeypatch):
     tr = T.Trainer(cfg_of(corpus, 'run.max_steps=2', 'checkpoint.every=100'), tmp_path / 'run')
     assert tr.fit() == 0  # saves step 2
-    real_save, real_copy = torch.save, shutil.copyfile
+    real_save, real_replace = torch.save, os.replace
     def killed_save(obj, f, *a, **k):  # half a file, then the process "dies"
         real_save(obj, f, *a, **k)
         with open(f, 'r+b') as fh: fh.truncate(os.path.getsize(f) // 2)
@@ -104,11 +105,10 @@ def test_checkpoint_write_is_atomic(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, 'save', killed_save)
     with pytest.raises(KeyboardInterrupt): tr.save()
     monkeypatch.setattr(torch, 'save', real_save)
-    def killed_copy(src, dst, *a, **k):
-        real_copy(src, dst)
-        with open(dst, 'r+b') as fh: fh.truncate(100)
-        raise KeyboardInterrupt('killed mid-copy')
-    monkeypatch.setattr(T.shutil, 'copyfile', killed_copy)
+    def killed_replace(src, dst):  # the process "dies" while last.pt is being pointed at the new step file
+        if Path(dst).name == 'last.pt': raise KeyboardInterrupt('killed while updating last.pt')
+        real_replace(src, dst)
+    monkeypatch.setattr(os, 'replace', killed_replace)
     with pytest.raises(KeyboardInterrupt): tr.save()
     assert T.load_checkpoint(tmp_path / 'run' / 'last.pt')['step'] == 2
     assert not list((tmp_path / 'run').glob('.*.tmp')), 'temporary files left behind'
