@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 import lyracodec
-from .core import PathLike, atomic_write, check_output, cli_parser, os_error_message, remove_stale_temps
+from .core import EXPECTED_ERRORS, PathLike, atomic_write, check_output, cli_parser, os_error_message
 from .audio import (AUDIO_EXTENSIONS, audio_info, load_audio, read_audio, resampled_length, write_audio,
                              collect_files)
 from .vae import VAE, VAEConfig, load_pretrained
@@ -152,7 +152,12 @@ def encode_file(model: VAE, # a LyraCodec VAE
     "Encode an audio file, reading (and resampling) one chunk at a time: memory does not grow with its length."
     info = audio_info(path)
     n = resampled_length(info['frames'], info['sample_rate'], model.sample_rate)
-    def reader(s, e): return load_audio(path, model.sample_rate, start=s, frames=e - s)
+    def reader(s, e):
+        x = load_audio(path, model.sample_rate, start=s, frames=e - s)  # [2, e - s]
+        if not torch.isfinite(x).all():
+            raise ValueError(f'{path}: holds NaN or infinite samples (near {s / model.sample_rate:.2f} s); '
+                             'repair or remove the file')
+        return x
     z = torch.cat(list(iter_encode(model, reader, chunk_frames, overlap_frames, length=n)), -1)
     return z, n, info
 
@@ -209,6 +214,14 @@ def load_latents(path, # a `.lyra` file
     for k, v in raw.items():
         try: meta[k] = json.loads(v)
         except json.JSONDecodeError: meta[k] = v
+    if z.dim() != 3 or z.shape[-1] < 1: raise ValueError(f'{p}: latents of shape {tuple(z.shape)}, expected [B, D, F]')
+    n, hop = meta.get('length'), 2 ** 0
+    if isinstance(meta.get('model_config'), dict) and meta['model_config'].get('strides'):
+        hop = math.prod(meta['model_config']['strides'])
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= z.shape[-1] * hop:
+        raise ValueError(f'{p}: metadata "length" is {n!r}; it must be a whole number of samples in '
+                         f'[1, {z.shape[-1] * hop}] for {z.shape[-1]} latent frames')
+    if not torch.isfinite(z).all(): raise ValueError(f'{p}: the latents hold NaN or infinite values')
     return z.float(), meta
 
 def check_compatible(model: VAE, meta: dict, path='latents') -> None:
@@ -227,41 +240,59 @@ def _prepare_out_dir(d: Path) -> Optional[str]:
     except OSError as e: return f'{d}: output folder is not writable ({e.strerror or type(e).__name__})'
     return None
 
+def _plan_outputs(files: list, out_dir: Path, out_suffix: str) -> tuple:
+    "[(src, dst)] and the problems that must stop the run before anything is written (collisions, inputs as outputs)."
+    plan, by_dst, problems = [], {}, []
+    inputs = {src.resolve() for src, _ in files}
+    for src, rel in files:
+        dst = out_dir / rel.with_suffix(out_suffix)
+        by_dst.setdefault(dst, []).append(src)
+        if dst.resolve() in inputs: problems.append(f'{dst}: is an input of this run; choose another --out-dir')
+        plan.append((src, dst))
+    for dst, srcs in by_dst.items():
+        if len(srcs) > 1: problems.append(f'{dst}: would be written for {" and ".join(map(str, srcs))} (same name, '
+                                          'different type); move one of them or convert them in separate runs')
+    return plan, problems
+
 def _cli(prog: str, description: str, extensions: Sequence[str], out_suffix: str, work: Callable, argv=None,
          extra_args: Callable=lambda p: None) -> int:
-    "Shared driver: parse, load the model, run `work(model, src, dst, args)` per file with a progress bar."
+    "Shared driver: parse, load the model, plan every output, run `work(model, src, dst, args)` per file."
     from tqdm.auto import tqdm
     p = cli_parser(prog, description)
-    p.add_argument('inputs', nargs='+', help='files or folders')
-    p.add_argument('--model', required=True, help='folder written by save_pretrained')
-    p.add_argument('-o', '--out-dir', required=True, help='output folder')
+    p.add_argument('inputs', nargs='+', help='files or folders (searched recursively)')
+    p.add_argument('--model', required=True, help='a model folder (save_pretrained), or a training run folder')
+    p.add_argument('-o', '--out-dir', required=True, help='output folder; paths below the input folders are kept')
+    p.add_argument('--overwrite', action='store_true', help='replace outputs that already exist')
     p.add_argument('--chunk-frames', type=int, default=CHUNK_FRAMES, help='latent frames per chunk')
     p.add_argument('--overlap-frames', type=int, default=OVERLAP_FRAMES, help='latent frames of overlap (crossfaded)')
     p.add_argument('-q', '--quiet', action='store_true', help='no progress bar')
     extra_args(p)
     a = p.parse_args(argv)
-    err = lambda msg: print(f'{prog}: error: {msg}', file=sys.stderr)
+    err = lambda msg: tqdm.write(f'{prog}: error: {" ".join(str(msg).split())}', file=sys.stderr)
     try: chunk_plan(1, a.chunk_frames, a.overlap_frames)
-    except ValueError as e: err(str(e)); return 2
+    except ValueError as e: err(e); return 2
     try: model = load_pretrained(a.model)
-    except (OSError, ValueError, RuntimeError) as e: err(f'{a.model}: cannot load model ({str(e).splitlines()[0]})'); return 2
+    except EXPECTED_ERRORS as e: err(f'cannot load model: {os_error_message(e, a.model)}'); return 2
     out_dir = Path(a.out_dir)
     msg = _prepare_out_dir(out_dir)
     if msg: err(msg); return 2
     files, missing = collect_files(a.inputs, extensions)
+    plan, problems = _plan_outputs(files, out_dir, out_suffix)
+    for m in problems: err(m)
+    if problems: return 2
     for m in missing: err(f'{m}: no such file or folder')
     ok, failed = 0, len(missing)
-    for src, rel in tqdm(files, desc=prog, unit='file', disable=a.quiet, file=sys.stderr):
-        dst = out_dir / rel.with_suffix(out_suffix)
+    inputs = [src for src, _ in plan]
+    for src, dst in tqdm(plan, desc=prog, unit='file', disable=a.quiet, file=sys.stderr):
         try:
-            if dst.resolve() == src.resolve(): raise ValueError(f'output would overwrite the input')
+            check_output(dst, a.overwrite, inputs)
             dst.parent.mkdir(parents=True, exist_ok=True)
             work(model, src, dst, a)
             ok += 1
-        except (OSError, ValueError, RuntimeError) as e:
+        except EXPECTED_ERRORS as e:
             if dst.parent != out_dir and dst.parent.is_dir() and not any(dst.parent.iterdir()): dst.parent.rmdir()
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            tqdm.write(f'{prog}: error: {msg if str(src) in msg else f"{src}: {msg}"}', file=sys.stderr)
+            msg = os_error_message(e)
+            err(msg if (str(src) in msg or str(dst) in msg) else f'{src}: {msg}')
             failed += 1
     print(f'{prog}: {ok} file(s) done, {failed} failed -> {out_dir}', file=sys.stderr)
     return 1 if failed or not (ok or failed) else 0
@@ -278,8 +309,12 @@ def _channels_out(pieces, channels: int):
 def _decode_one(model, src, dst, a):
     z, meta = load_latents(src)
     check_compatible(model, meta, src)
-    pieces = iter_decode(model, z[:1], meta.get('length'), a.chunk_frames, a.overlap_frames)
-    write_audio(dst, _channels_out(pieces, meta.get('channels', 2)), model.sample_rate)
+    B = z.shape[0]
+    dsts = [dst] if B == 1 else [dst.with_name(f'{dst.stem}.{k}{dst.suffix}') for k in range(B)]  # every item
+    for d in dsts[1:]: check_output(d, a.overwrite, [src])
+    for k, d in enumerate(dsts):
+        pieces = iter_decode(model, z[k:k + 1], meta['length'], a.chunk_frames, a.overlap_frames)
+        write_audio(d, _channels_out(pieces, meta.get('channels', 2)), model.sample_rate)
 
 def _reconstruct_one(model, src, dst, a):
     z, n, info = encode_file(model, src, a.chunk_frames, a.overlap_frames)

@@ -266,11 +266,25 @@ def save(self: Trainer) -> Optional[Path]:
     return path
 
 @patch
+def _newest_valid_checkpoint(self: Trainer) -> tuple:
+    "(path, state) of the newest readable checkpoint of the run folder (`last.pt`, then `step_*.pt`), or (None, None)."
+    found = [p for p in [self.run_dir / 'last.pt'] + sorted(self.run_dir.glob('step_*.pt'), reverse=True) if p.is_file()]
+    for i, p in enumerate(found):
+        try: s = load_checkpoint(p, map_location='cpu')
+        except ValueError as e:
+            self.log(f'resume auto: skipping {e}'); continue
+        if i > 0: self.log(f'resume auto: falling back to {p}, the newest readable checkpoint')
+        return p, s
+    if found: raise ValueError(f'{self.run_dir}: none of its {len(found)} checkpoint(s) is readable; '
+                               'refusing to start from scratch over them (move them away to do that)')
+    return None, None
+
+@patch
 def _resume(self: Trainer, resume: str):
-    path = self.run_dir / 'last.pt' if resume == 'auto' else Path(resume)
-    if resume == 'auto' and not path.is_file():
-        self.log(f'resume auto: no checkpoint in {self.run_dir}, starting from scratch'); return
-    s = load_checkpoint(path, map_location='cpu')
+    if resume == 'auto':
+        path, s = self._newest_valid_checkpoint()
+        if path is None: self.log(f'resume auto: no checkpoint in {self.run_dir}, starting from scratch'); return
+    else: path, s = Path(resume), load_checkpoint(resume, map_location='cpu')
     if (s['disc'] is None) != (self.disc is None):
         raise ValueError(f'{path}: checkpoint and config disagree on the discriminator (loss.recipe)')
     self.model.load_state_dict(s['model'])
@@ -292,6 +306,22 @@ def export(self: Trainer) -> Optional[Path]:
     return save_pretrained(self.eval_model(), self.run_dir / 'export')
 
 # %% ../nbs/05_trainer.ipynb #5c1b7d63
+@patch
+def _lock(self: Trainer):
+    "Hold `run_dir/.lock` while training (rank 0): a second trainer on the same folder stops with a clear message."
+    import fcntl
+    self._lock_file = open(self.run_dir / '.lock', 'a+')
+    try: fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        self._lock_file.close(); self._lock_file = None
+        raise ValueError(f'{self.run_dir}: another lyracodec_train is training in this folder; wait for it, stop it, '
+                         'or choose another --out') from None
+
+@patch
+def _unlock(self: Trainer):
+    f = getattr(self, '_lock_file', None)
+    if f is not None: f.close(); self._lock_file = None
+
 @patch
 def _on_sigint(self: Trainer, signum, frame):
     if self._interrupted: raise KeyboardInterrupt  # second Ctrl-C: leave now
@@ -332,11 +362,12 @@ def fit(self: Trainer) -> int:
     cfg, L = self.cfg, self.cfg.logging
     if self.is_main:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock()
         save_config(cfg, self.run_dir / 'config.yaml')
     logger = Logger(L.logger if self.is_main else 'none', self.run_dir, cfg.to_dict(), L.project, L.wandb_mode, cfg.run.name)
     old_handler = None
     if threading_main():
-        old_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        old_handler = {sig: signal.signal(sig, self._on_sigint) for sig in (signal.SIGINT, signal.SIGTERM)}
     bar = tqdm(total=cfg.run.max_steps, initial=self.step, disable=not (self.is_main and L.progress),
                dynamic_ncols=True, mininterval=1.0, desc='train', unit='step')
     code = 0
@@ -398,7 +429,8 @@ def fit(self: Trainer) -> int:
         self.log(f'lyracodec_train: {e}') if code == 130 else print(f'lyracodec_train: {e}', file=sys.stderr)
     finally:
         bar.close(); logger.close()
-        if old_handler is not None: signal.signal(signal.SIGINT, old_handler)
+        for sig, h in (old_handler or {}).items(): signal.signal(sig, h)
+        self._unlock()
     return code
 
 @patch

@@ -1,0 +1,147 @@
+"Faults a user met (issue 12): no data lost, one clear line, a non-zero exit."
+import json, os, signal, shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from lyracodec.vae import VAE, VAEConfig, save_pretrained
+from lyracodec.codec import encode_main, decode_main, reconstruct_main, save_latents, latent_meta
+from lyracodec.metrics import eval_main
+from lyracodec.checkpoint import save_checkpoint, load_checkpoint, CKPT_FORMAT
+from lyracodec.core import atomic_write
+from lyracodec import trainer as T
+from lyracodec.demo_corpus import make_demo_corpus
+
+SR = 44100
+
+@pytest.fixture(scope='module')
+def model_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp('model')
+    save_pretrained(VAE(VAEConfig.preset('tiny')).eval(), d)
+    return d
+
+def wav(path: Path, seconds: float=0.5, value=None) -> Path:
+    x = 0.3 * np.random.default_rng(0).standard_normal((int(seconds * SR), 2)).astype('float32')
+    if value is not None: x[100:200] = value
+    sf.write(path, x, SR, subtype='FLOAT')
+    return path
+
+def one_error_line(err: str, *must): 
+    lines = [l for l in err.strip().splitlines() if 'error' in l]
+    assert lines and all(any(m in l for l in lines) for m in must), err
+    assert 'Traceback' not in err, err
+
+def test_decode_into_the_input_folder_keeps_the_original(tmp_path, model_dir, capsys):
+    w = tmp_path / 'w'; w.mkdir(); song = wav(w / 'song.wav')
+    before = song.read_bytes()
+    assert encode_main(['--model', str(model_dir), '-o', str(w), str(song), '-q']) == 0
+    assert decode_main(['--model', str(model_dir), '-o', str(w), str(w / 'song.lyra'), '-q']) == 1
+    assert song.read_bytes() == before
+    one_error_line(capsys.readouterr().err, 'already exists (pass --overwrite')
+
+def test_same_stem_collision_refused_up_front(tmp_path, model_dir, capsys):
+    src = tmp_path / 'songs'; src.mkdir(); wav(src / 'a.wav'); sf.write(src / 'a.flac', np.zeros((SR, 2)), SR)
+    assert encode_main(['--model', str(model_dir), '-o', str(tmp_path / 'out'), str(src), '-q']) == 2
+    assert not list((tmp_path / 'out').glob('*.lyra'))
+    one_error_line(capsys.readouterr().err, 'a.lyra')
+
+def test_reconstruct_onto_its_own_folder_refused(tmp_path, model_dir, capsys):
+    src = tmp_path / 'songs'; src.mkdir(); song = wav(src / 'song.wav'); before = song.read_bytes()
+    assert reconstruct_main(['--model', str(model_dir), '-o', str(src), str(src), '-q']) == 2
+    assert song.read_bytes() == before
+    one_error_line(capsys.readouterr().err, 'is an input of this run')
+
+def test_eval_refuses_csv_onto_reference_and_truncated_estimate(tmp_path, capsys):
+    ref = wav(tmp_path / 'ref.wav', 2.0); est = wav(tmp_path / 'est.wav', 0.67); before = ref.read_bytes()
+    assert eval_main([str(ref), str(ref), '--csv', str(ref), '-q']) == 2
+    assert ref.read_bytes() == before
+    one_error_line(capsys.readouterr().err, 'is an input')
+    assert eval_main([str(ref), str(est), '--csv', str(tmp_path / 'm.csv'), '-q']) == 1
+    one_error_line(capsys.readouterr().err, 'lengths differ')
+
+def test_nan_audio_is_an_error_naming_the_file(tmp_path, model_dir, capsys):
+    bad = wav(tmp_path / 'nan.wav', value=np.nan)
+    assert encode_main(['--model', str(model_dir), '-o', str(tmp_path / 'o'), str(bad), '-q']) == 1
+    one_error_line(capsys.readouterr().err, 'nan.wav', 'NaN')
+    assert not list((tmp_path / 'o').rglob('*.lyra'))
+    assert eval_main([str(bad), str(bad), '--csv', str(tmp_path / 'm.csv'), '-q']) == 1
+    one_error_line(capsys.readouterr().err, 'NaN')
+
+def test_lyra_nonsense_length_refused_and_all_items_decoded(tmp_path, model_dir, capsys):
+    model = VAE.from_pretrained(model_dir)
+    z = torch.zeros(2, 64, 3)
+    save_latents(tmp_path / 'zero.lyra', z[:1], {**latent_meta(model, 100), 'length': 0})
+    assert decode_main(['--model', str(model_dir), '-o', str(tmp_path / 'o'), str(tmp_path / 'zero.lyra'), '-q']) == 1
+    one_error_line(capsys.readouterr().err, '"length" is 0')
+    assert not (tmp_path / 'o' / 'zero.wav').exists()
+    save_latents(tmp_path / 'two.lyra', z, latent_meta(model, 5000))
+    assert decode_main(['--model', str(model_dir), '-o', str(tmp_path / 'o'), str(tmp_path / 'two.lyra'), '-q']) == 0
+    assert sorted(p.name for p in (tmp_path / 'o').glob('two*.wav')) == ['two.0.wav', 'two.1.wav']
+
+def test_bad_model_folders_one_line(tmp_path, capsys):
+    d = tmp_path / 'm'; d.mkdir(); (d / 'model.safetensors').write_bytes(b'truncated')
+    for cfg in ('{"config": null}', '{"config": {"c_mults": 5}}'):
+        (d / 'config.json').write_text(cfg)
+        assert encode_main(['--model', str(d), '-o', str(tmp_path / 'o'), str(tmp_path), '-q']) == 2
+        one_error_line(capsys.readouterr().err, 'config')
+
+def test_atomic_write_leaves_no_temp_and_uses_umask(tmp_path):
+    old = os.umask(0o022)
+    try: p = atomic_write(tmp_path / 'x.txt', lambda t: Path(t).write_text('hi'))
+    finally: os.umask(old)
+    assert oct(p.stat().st_mode & 0o777) == oct(0o644)
+    assert [f.name for f in tmp_path.iterdir()] == ['x.txt']
+
+def test_flipped_byte_checkpoint_refused(tmp_path):
+    p = save_checkpoint({'format': CKPT_FORMAT, 'w': torch.arange(4096.)}, tmp_path / 'c.pt')
+    raw = bytearray(p.read_bytes()); k = raw.find(torch.tensor(2000.).numpy().tobytes()); raw[k + 1] ^= 0x10
+    p.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match='checksum mismatch'): load_checkpoint(p)
+
+def test_config_values_finite_and_in_range():
+    for item, key in (('optim.lr=.inf', 'optim.lr'), ('data.silence_db=.nan', 'data.silence_db'), ('run.seed=-1', 'run.seed')):
+        with pytest.raises(T.ConfigError, match=key.replace('.', r'\.')): T.load_config('demo', [item])
+
+# ---- the trainer
+BASE = ['data.target_length=4096', 'data.valid_length=8192', 'data.batch_size=2', 'data.num_workers=0',
+        'data.valid_ratio=0.25', 'logging.logger=none', 'logging.progress=false', 'logging.valid_clips=2',
+        'logging.recon_clips=0', 'logging.valid_every=0', 'logging.audio_every=0', 'run.threads=1',
+        'schedule.warmup_steps=2', 'checkpoint.export=false']
+
+@pytest.fixture(scope='module')
+def corpus(tmp_path_factory) -> Path: return make_demo_corpus(tmp_path_factory.mktemp('c') / 'demo', minutes=0.5)
+
+def cfg_of(corpus, *extra): return T.load_config('demo', BASE + [f'data.root={corpus}', *extra])
+
+def test_resume_auto_falls_back_to_newest_valid_step(corpus, tmp_path):
+    run = tmp_path / 'run'
+    assert T.Trainer(cfg_of(corpus, 'run.max_steps=4', 'checkpoint.every=2', 'checkpoint.keep_last=3'), run).fit() == 0
+    (run / 'last.pt').unlink()
+    raw = bytearray((run / 'step_0000004.pt').read_bytes()); raw[len(raw) // 2] ^= 0xFF
+    (run / 'step_0000004.pt').unlink(); (run / 'step_0000004.pt').write_bytes(bytes(raw))
+    logs = []
+    tr = T.Trainer(cfg_of(corpus, 'run.max_steps=4', 'checkpoint.every=2'), run, resume='auto', log=logs.append)
+    assert tr.step == 2 and any('falling back' in l for l in logs)
+
+def test_second_trainer_on_same_folder_stops(corpus, tmp_path):
+    run = tmp_path / 'run'; run.mkdir()
+    a = T.Trainer(cfg_of(corpus, 'run.max_steps=1'), run); a._lock()
+    try:
+        with pytest.raises(ValueError, match='another lyracodec_train is training'):
+            T.Trainer(cfg_of(corpus, 'run.max_steps=1'), run).fit()
+    finally: a._unlock()
+
+def test_sigterm_saves_like_sigint(corpus, tmp_path):
+    tr = T.Trainer(cfg_of(corpus, 'run.max_steps=50', 'checkpoint.every=100'), tmp_path / 'run')
+    orig = tr.train_step
+    def step_then_term(batches):
+        out = orig(batches)
+        if tr.step == 2: os.kill(os.getpid(), signal.SIGTERM)
+        return out
+    tr.train_step = step_then_term
+    assert tr.fit() == 130
+    assert T.load_checkpoint(tmp_path / 'run' / 'last.pt')['step'] == 2
