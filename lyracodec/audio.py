@@ -7,6 +7,7 @@ __all__ = ['AUDIO_EXTENSIONS', 'WRITE_FORMATS', 'AudioLoadError', 'load_audio', 
            'write_audio', 'collect_files']
 
 # %% ../nbs/03a_audio.ipynb #e41f458c
+import errno
 import math
 from functools import lru_cache
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 import torchaudio
 from torch import Tensor
 
-from .core import PathLike, atomic_write
+from .core import PathLike, atomic_write, disk_full
 
 # %% ../nbs/03a_audio.ipynb #ffd72a38
 AUDIO_EXTENSIONS = ('.wav', '.flac', '.ogg', '.mp3')
@@ -138,8 +139,17 @@ def write_audio(path, # destination (.wav, .flac or .ogg)
                 if subtype != 'FLOAT': a = a.clamp(-1, 1)
                 if f is None: f = sf.SoundFile(tmp, 'w', int(sample_rate), a.shape[0], subtype=subtype, format=fmt)
                 f.write(a.T.numpy())
-        finally:
             if f is not None: f.close()
+        except sf.SoundFileError as e:  # libsndfile says only "System error." on a full disk: look while tmp still exists
+            full = disk_full(p.parent)
+            if f is not None and not f.closed:
+                try: f.close()
+                except sf.SoundFileError: pass
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise OSError(errno.ENOSPC if full else errno.EIO, 'No space left on device' if full else
+                          f'cannot write audio ({msg})', str(p)) from None
+        finally:
+            if f is not None and not f.closed: f.close()
     atomic_write(p, write)
     return p
 

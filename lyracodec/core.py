@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['PathLike', 'EXPECTED_ERRORS', 'cache_dir', 'ConfigError', 'need', 'check_type', 'Config', 'config_from_dict',
            'OutputError', 'check_output', 'temp_name_prefix', 'remove_stale_temps', 'fsync_dir', 'new_temp_path',
-           'atomic_write', 'os_error_message', 'cli_parser', 'run_main']
+           'disk_full', 'atomic_write', 'os_error_message', 'cli_parser', 'run_main']
 
 # %% ../nbs/00a_core.ipynb #49fdd848
 import argparse
@@ -178,6 +178,11 @@ def new_temp_path(path: PathLike, dir: bool=False) -> Path:
     os.close(fd)
     return Path(tmp)
 
+def disk_full(folder: PathLike, margin: int=1 << 16) -> bool:
+    "Whether the file system of `folder` has less than `margin` bytes free (libraries that hide errno need this)."
+    try: return shutil.disk_usage(folder).free < margin
+    except OSError: return False
+
 def atomic_write(path: PathLike, # destination file
                  write_fn: Callable, # `write_fn(tmp_path)` writes the whole content to `tmp_path`
                 ) -> Path:
@@ -190,6 +195,9 @@ def atomic_write(path: PathLike, # destination file
         os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, 'rb+') as f: os.fsync(f.fileno())
         os.replace(tmp, p)
+    except OSError as e:  # name the output, not the hidden temporary file
+        if tmp.exists(): tmp.unlink()
+        raise OSError(e.errno, e.strerror or str(e), str(p)) from e
     except BaseException:
         if tmp.exists(): tmp.unlink()
         raise

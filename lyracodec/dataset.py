@@ -154,6 +154,7 @@ class VocalDataset(torch.utils.data.Dataset):
         self._epoch = torch.zeros(1, dtype=torch.long).share_memory_()                   # set_epoch reaches workers
         self._failures = torch.zeros(len(self.files), dtype=torch.int32).share_memory_()  # read-time failures per file
         self._seen = torch.zeros(len(self), dtype=torch.int32).share_memory_()            # draws per item this epoch
+        self._quiet = torch.zeros(len(self.files), dtype=torch.int32).share_memory_()     # all-quiet draws per file
         self._audible = None
 
     def __len__(self) -> int: return int(self._cum[-1])
@@ -193,6 +194,14 @@ class VocalDataset(torch.utils.data.Dataset):
         self._failures[fi] += 1
         if int(self._failures[fi]) == 1: warnings.warn(f'{e}; replaced by another item', AudioFileWarning)
 
+    def _note_quiet(self, fi: int):
+        "Count a draw of file `fi` where every retry stayed below `silence_db`; warn once per file and process."
+        self._quiet[fi] += 1
+        if int(self._quiet[fi]) == 1:
+            warnings.warn(f'{self.files[fi].path}: mostly silent (crops stay below {self.silence_db} dBFS RMS after '
+                          f'{self.max_retries} retries); its crops are peak-normalised noise: consider removing it',
+                          AudioFileWarning)
+
     def _check_audible(self):
         "Raise a clear error if no `target_length` window of any file reaches `silence_db`; cached once it passes."
         if self._audible: return
@@ -223,7 +232,7 @@ class VocalDataset(torch.utils.data.Dataset):
         if aug is not None and aug.p_speed > 0 and rng.random() < aug.p_speed:
             percent = int(round(100 * 2 ** (rng.uniform(-aug.max_semitones, aug.max_semitones) / 12)))
         if not valid: start = self._random_start(fi, rng, percent)
-        best, best_db, tries, failures = None, -math.inf, 0, 0
+        best, best_db, first_fi, tries, failures = None, -math.inf, fi, 0, 0
         while tries <= self.max_retries:
             if self._failures[fi] > 0: fi = self._random_file(rng); start = self._random_start(fi, rng, percent)
             try: x = self._read_crop(fi, start, percent)
@@ -237,7 +246,9 @@ class VocalDataset(torch.utils.data.Dataset):
             if tries % 2 and self.files[fi].length(self.sample_rate) > self.target_length * 1.5:
                 start = self._random_start(fi, rng, percent)  # another offset of the same (long enough) file
             else: fi = self._random_file(rng); start = self._random_start(fi, rng, percent)  # another file
-        else: self._check_audible()
+        else:
+            self._check_audible()
+            self._note_quiet(first_fi)  # the file drawn for this item gave nothing audible
         peak = float(np.abs(best).max())
         if peak > 1e-5: best = best * (self.target_peak / peak)  # all-zero (or -100 dB) crops are left alone
         if aug is not None: best = _augment(best, aug, rng)
@@ -258,6 +269,8 @@ class VocalDataset(torch.utils.data.Dataset):
         failed = [(self.files[j].rel, int(n)) for j, n in enumerate(self._failures.tolist()) if n]
         lines.append(f'  {sum(n for _, n in failed)} read-time failures' +
                      (': ' + '; '.join(f'{r} ({n}x)' for r, n in failed) if failed else ''))
+        quiet = [(self.files[j].rel, int(n)) for j, n in enumerate(self._quiet.tolist()) if n]
+        if quiet: lines.append('  mostly silent: ' + '; '.join(f'{r} ({n} quiet draws)' for r, n in quiet))
         return '\n'.join(lines)
 
 # %% ../nbs/04_dataset.ipynb #1ccc884d

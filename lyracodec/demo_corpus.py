@@ -8,7 +8,6 @@ __all__ = ['VOICES', 'VOWELS', 'DEMO_MANIFEST', 'make_demo_corpus', 'demo_corpus
 # %% ../nbs/03b_demo_corpus.ipynb #c3126a2c
 import json
 import math
-import sys
 import time
 from pathlib import Path
 

@@ -7,7 +7,6 @@ __all__ = ['mel_db', 'plot_mels', 'player']
 
 # %% ../nbs/02a_display.ipynb #764e3853
 from functools import lru_cache
-import numpy as np
 import torch
 import torchaudio
 from torch import Tensor

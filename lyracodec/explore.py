@@ -6,8 +6,7 @@
 __all__ = ['edit_latent', 'Explorer']
 
 # %% ../nbs/08_explore.ipynb #93173474
-from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional
 
 import torch
 from torch import Tensor

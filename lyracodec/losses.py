@@ -9,9 +9,8 @@ __all__ = ['RECIPES', 'GAN_LOSSES', 'STFT_FFTS', 'MEL_WINDOWS', 'MEL_BANDS', 'Lo
            'generator_adversarial_loss']
 
 # %% ../nbs/04a_losses.ipynb #521f3e5e
-import math
 import warnings
-from dataclasses import dataclass, field, asdict, fields
+from dataclasses import dataclass, asdict
 from typing import Callable, Optional, Sequence
 
 import auraloss

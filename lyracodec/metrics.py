@@ -4,16 +4,14 @@
 
 # %% auto #0
 __all__ = ['SISDR_EPS', 'MEL_SCALES', 'EVAL_COLUMNS', 'MAX_LENGTH_DIFF', 'si_sdr', 'mel_distance', 'mrstft_distance',
-           'bitrate_kbps', 'evaluate_pair', 'format_table', 'eval_main']
+           'bitrate_kbps', 'evaluate_spans', 'evaluate_pair', 'evaluate_files', 'format_table', 'eval_main']
 
 # %% ../nbs/07_metrics.ipynb #2136bec7
-import math
 import os
 from functools import lru_cache
 from typing import Sequence
 
 import torch
-import torchaudio
 from torch import Tensor
 
 # %% ../nbs/07_metrics.ipynb #a75973cf
@@ -95,11 +93,51 @@ import csv, io, sys
 from pathlib import Path
 
 from .core import EXPECTED_ERRORS, OutputError, atomic_write, check_output, cli_parser, os_error_message
-from .audio import load_audio, AUDIO_EXTENSIONS
+from .core import PathLike
+from .audio import AUDIO_EXTENSIONS, audio_info, load_audio, resampled_length
 
 EVAL_COLUMNS = ('file', 'seconds', 'si_sdr_db', 'mel_distance', 'mrstft_distance')
 
 MAX_LENGTH_DIFF = 2048  # samples: one latent frame; a longer difference means the pair does not match
+
+def _segments(n: int, seg: int) -> list:
+    "[(start, stop)] covering `[0, n)` in segments of `seg`; a tail shorter than half a segment joins the one before."
+    starts = list(range(0, n, seg))
+    if len(starts) > 1 and n - starts[-1] < seg // 2: starts.pop()
+    return list(zip(starts, starts[1:] + [n]))
+
+def _si_sdr_from_sums(s: Tensor) -> float:
+    "SI-SDR (dB) from per-channel sums `[C, 6]` of (n, r, e, r², e², r·e), float64: auraloss's formula, zero-mean channels."
+    n, r, e, rr, ee, re = s.unbind(-1)
+    crr, cee, cre = (rr - r * r / n).sum(), (ee - e * e / n).sum(), (re - r * e / n).sum()  # centred, channels flattened
+    alpha = cre / (crr + SISDR_EPS)
+    target, noise = alpha ** 2 * crr, cee - 2 * alpha * cre + alpha ** 2 * crr
+    return float(10 * torch.log10(target / (noise + SISDR_EPS) + SISDR_EPS))
+
+def evaluate_spans(read_ref, # `(start, stop) -> [C, stop - start]` reference audio
+                   read_est, # the same for the estimate
+                   n: int, # samples to compare
+                   sample_rate: int=44100, # Hz
+                   segment_seconds: float=10.0, # audio is read and compared a segment at a time
+                  ) -> dict: # seconds, si_sdr_db, mel_distance, mrstft_distance
+    "All metrics, reading a segment at a time: memory does not grow with the length of the pair."
+    sums, mel, stft = None, 0.0, 0.0
+    for a, b in _segments(n, max(1, int(segment_seconds * sample_rate))):
+        r, e = read_ref(a, b).double(), read_est(a, b).double()  # [C, b - a]
+        for name, x in (('reference', r), ('estimate', e)):
+            if not torch.isfinite(x).all(): raise ValueError(f'the {name} holds NaN or infinite samples (near {a / sample_rate:.2f} s)')
+        w = (b - a) / n
+        mel += w * mel_distance(r, e, sample_rate).item()
+        stft += w * mrstft_distance(r, e).item()
+        part = torch.stack([torch.full_like(r[:, 0], b - a), r.sum(-1), e.sum(-1), (r * r).sum(-1), (e * e).sum(-1),
+                            (r * e).sum(-1)], -1)  # [C, 6]
+        sums = part if sums is None else sums + part
+    return dict(seconds=n / sample_rate, si_sdr_db=_si_sdr_from_sums(sums), mel_distance=mel, mrstft_distance=stft)
+
+def _check_lengths(n_ref: int, n_est: int, sample_rate: int, max_length_diff: int):
+    if abs(n_ref - n_est) > max_length_diff:
+        raise ValueError(f'lengths differ by {abs(n_ref - n_est)} samples ({n_ref / sample_rate:.2f} s vs '
+                         f'{n_est / sample_rate:.2f} s), more than {max_length_diff}: not a reconstruction of it')
 
 def evaluate_pair(ref: Tensor, # reference `[C, T]`
                   est: Tensor, # estimate `[C, T']`, |T - T'| <= `max_length_diff`; both are cropped to the shorter
@@ -107,25 +145,22 @@ def evaluate_pair(ref: Tensor, # reference `[C, T]`
                   segment_seconds: float=10.0, # spectral distances are averaged over segments of this length
                   max_length_diff: int=MAX_LENGTH_DIFF, # larger length differences are refused
                  ) -> dict: # seconds, si_sdr_db, mel_distance, mrstft_distance
-    "All metrics for one pair of clips."
-    if abs(ref.shape[-1] - est.shape[-1]) > max_length_diff:
-        raise ValueError(f'lengths differ by {abs(ref.shape[-1] - est.shape[-1])} samples ({ref.shape[-1] / sample_rate:.2f} s '
-                         f'vs {est.shape[-1] / sample_rate:.2f} s), more than {max_length_diff}: not a reconstruction of it')
-    for name, x in (('reference', ref), ('estimate', est)):
-        if not torch.isfinite(x).all(): raise ValueError(f'the {name} holds NaN or infinite samples')
-    n = min(ref.shape[-1], est.shape[-1])
-    ref, est = ref[..., :n], est[..., :n]
-    seg = max(1, int(segment_seconds * sample_rate))
-    starts = list(range(0, n, seg))
-    if len(starts) > 1 and n - starts[-1] < seg // 2: starts.pop()  # a short tail joins the segment before it
-    bounds = list(zip(starts, starts[1:] + [n]))
-    mel = stft = 0.0
-    for a, b in bounds:
-        r, e = ref[..., a:b], est[..., a:b]
-        w = r.shape[-1] / n
-        mel += w * mel_distance(r, e, sample_rate).item()
-        stft += w * mrstft_distance(r, e).item()
-    return dict(seconds=n / sample_rate, si_sdr_db=si_sdr(ref, est).item(), mel_distance=mel, mrstft_distance=stft)
+    "All metrics for one pair of clips in memory."
+    _check_lengths(ref.shape[-1], est.shape[-1], sample_rate, max_length_diff)
+    return evaluate_spans(lambda a, b: ref[..., a:b], lambda a, b: est[..., a:b], min(ref.shape[-1], est.shape[-1]),
+                          sample_rate, segment_seconds)
+
+def evaluate_files(ref: PathLike, # reference audio file
+                   est: PathLike, # reconstructed audio file
+                   sample_rate: int=44100, # both are read at this rate
+                   segment_seconds: float=10.0, # read and compared a segment at a time
+                   max_length_diff: int=MAX_LENGTH_DIFF, # larger length differences are refused
+                  ) -> dict: # seconds, si_sdr_db, mel_distance, mrstft_distance
+    "All metrics for a pair of files, read (and resampled) a segment at a time."
+    n_ref, n_est = (resampled_length(i['frames'], i['sample_rate'], sample_rate) for i in map(audio_info, (ref, est)))
+    _check_lengths(n_ref, n_est, sample_rate, max_length_diff)
+    reader = lambda f: (lambda a, b: load_audio(f, sample_rate, start=a, frames=b - a))
+    return evaluate_spans(reader(ref), reader(est), min(n_ref, n_est), sample_rate, segment_seconds)
 
 def _pairs(ref: Path, est: Path, exts) -> tuple:
     "[(name, ref file, est file)] and [error messages] for two files or two folders."
@@ -177,8 +212,7 @@ def eval_main(argv=None) -> int:
     rows = []
     for name, r, e in tqdm(pairs, desc='lyracodec_eval', unit='file', disable=a.quiet, file=sys.stderr):
         try:
-            ref, est = (load_audio(f, a.sample_rate) for f in (r, e))
-            rows.append(dict(file=name, **evaluate_pair(ref, est, a.sample_rate)))
+            rows.append(dict(file=name, **evaluate_files(r, e, a.sample_rate)))
         except EXPECTED_ERRORS as ex:
             msg = os_error_message(ex)
             err(msg if (str(r) in msg or str(e) in msg) else f'{r}: {msg}')

@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['SCHEDULES', 'LOGGERS', 'WANDB_MODES', 'AMP_MODES', 'SECTIONS', 'CONFIG_DIR', 'ModelSection', 'DataSection',
            'OptimSection', 'ScheduleSection', 'EMASection', 'CheckpointSection', 'LoggingSection', 'RunSection',
-           'TrainConfig', 'parse_override', 'apply_overrides', 'resolve_config_path', 'load_config', 'save_config',
-           'lr_factor']
+           'TrainConfig', 'parse_override', 'apply_overrides', 'resolve_config_path', 'load_config', 'config_diff',
+           'save_config', 'lr_factor']
 
 # %% ../nbs/05a_train_config.ipynb #eb9f6a6d
 import copy
@@ -98,7 +98,7 @@ class EMASection(Config):
 class CheckpointSection(Config):
     "When to write `step_XXXXXXX.pt` / `last.pt`, how many to keep, whether to export the EMA model."
     every: int = 5000 # steps between checkpoints
-    keep_last: int = 3 # step_*.pt files kept (last.pt and best.pt are extra)
+    keep_last: int = 3 # step_*.pt files kept (last.pt is a second name of the newest; best/ holds weights only)
     export: bool = True # write save_pretrained(EMA) to <run>/export at the end
     def check(self):
         need(self.every >= 1, 'every', 'must be >= 1')
@@ -239,6 +239,18 @@ def load_config(path: Optional[PathLike]=None, # YAML file or packaged name; Non
         except yaml.YAMLError as e: raise ConfigError(str(p), f'not valid YAML: {" ".join(str(e).split())}') from None
         need(isinstance(d, dict), str(p), 'must be a mapping of sections')
     return TrainConfig.from_dict(apply_overrides(d, overrides))
+
+def config_diff(old: dict, # a config as nested mappings (`TrainConfig.to_dict`)
+                new: dict, # another one
+                prefix: str='', # dotted prefix of the keys
+               ) -> list: # [(dotted key, old value, new value)]
+    "Every leaf that differs between two nested configs, by dotted key."
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b, key = old.get(k), new.get(k), f'{prefix}{k}'
+        if isinstance(a, dict) and isinstance(b, dict): out += config_diff(a, b, key + '.')
+        elif a != b: out.append((key, a, b))
+    return out
 
 def save_config(cfg: TrainConfig, path: Path):
     "Write the effective config as YAML (atomically)."

@@ -31,7 +31,7 @@ from .dataset import VocalDataset, AugmentConfig, audio_loader
 from .demo_corpus import make_demo_corpus
 from .metrics import si_sdr, mel_distance, mrstft_distance
 from .display import plot_mels
-from .train_config import TrainConfig, load_config, save_config, lr_factor
+from .train_config import TrainConfig, load_config, save_config, lr_factor, config_diff
 from .checkpoint import (EMA, rng_state, set_rng_state, save_checkpoint, load_checkpoint, link_latest,
                                   weights_digest, CKPT_FORMAT)
 from .runtime import (ResumableSampler, ignore_sigint, dist_env, pick_device, amp_dtype, Logger,
@@ -280,11 +280,21 @@ def _newest_valid_checkpoint(self: Trainer) -> tuple:
     return None, None
 
 @patch
+def _compare_config(self: Trainer, path: Path, saved: dict):
+    "Refuse a checkpoint of another model; list every other setting that changed since it was saved."
+    changed = config_diff(saved, self.cfg.to_dict())
+    model = [f'{k}: {a!r} in the checkpoint, {b!r} now' for k, a, b in changed if k.startswith('model.')]
+    if model: raise ValueError(f'{path}: was saved by another model ({"; ".join(model)}); resume with the same model section')
+    if changed: self.log('resume: settings changed since the checkpoint: ' +
+                         '; '.join(f'{k} {a!r} -> {b!r}' for k, a, b in changed))
+
+@patch
 def _resume(self: Trainer, resume: str):
     if resume == 'auto':
         path, s = self._newest_valid_checkpoint()
         if path is None: self.log(f'resume auto: no checkpoint in {self.run_dir}, starting from scratch'); return
     else: path, s = Path(resume), load_checkpoint(resume, map_location='cpu')
+    self._compare_config(path, s['config'])
     if (s['disc'] is None) != (self.disc is None):
         raise ValueError(f'{path}: checkpoint and config disagree on the discriminator (loss.recipe)')
     self.model.load_state_dict(s['model'])
@@ -357,13 +367,18 @@ def _log_media(self: Trainer, x: Tensor, logger: Logger):
 
 @patch
 def fit(self: Trainer) -> int:
-    "Train to `run.max_steps`; returns 0 when done, 3 after repeated non-finite steps, 130 on Ctrl-C."
-    from tqdm.auto import tqdm
-    cfg, L = self.cfg, self.cfg.logging
+    "Train to `run.max_steps`; returns 0 when done, 3 after repeated non-finite steps, 130 on Ctrl-C or SIGTERM."
     if self.is_main:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._lock()
-        save_config(cfg, self.run_dir / 'config.yaml')
+    try: return self._fit()
+    finally: self._unlock()
+
+@patch
+def _fit(self: Trainer) -> int:
+    from tqdm.auto import tqdm
+    cfg, L = self.cfg, self.cfg.logging
+    if self.is_main: save_config(cfg, self.run_dir / 'config.yaml')
     logger = Logger(L.logger if self.is_main else 'none', self.run_dir, cfg.to_dict(), L.project, L.wandb_mode, cfg.run.name)
     old_handler = None
     if threading_main():
@@ -430,7 +445,6 @@ def fit(self: Trainer) -> int:
     finally:
         bar.close(); logger.close()
         for sig, h in (old_handler or {}).items(): signal.signal(sig, h)
-        self._unlock()
     return code
 
 @patch
@@ -443,7 +457,7 @@ def _validate_and_log(self: Trainer, logger: Logger, bar):
     if v['valid/total'] < self.best_val:  # rank 0 only: no collective call here
         self.best_val = v['valid/total']
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(self.state_dict([rng_state()]), self.run_dir / 'best.pt')
+        save_pretrained(self.eval_model(), self.run_dir / 'best')  # weights only: a model folder for --model
 
 @patch
 def _check_replicas(self: Trainer):
@@ -486,6 +500,7 @@ def main(argv=None) -> int:
             if a.config is None: raise ConfigError('config', 'give a CONFIG file (or --demo); see --help')
             cfg = load_config(a.config, a.overrides + ([f'data.root={a.data}'] if a.data else []))
             run_dir = Path(a.out) if a.out else Path(cfg.run.out_dir) / cfg.run.name
+        if run_dir.exists() and not run_dir.is_dir(): raise ConfigError(str(run_dir), 'is a file; --out must be a folder')
         if a.resume is None and dist_env()[1] == 0 and any(run_dir.glob('*.pt')):
             raise ConfigError(str(run_dir), 'already holds checkpoints; pass --resume auto to continue it, '
                               'or choose another --out / --set run.name=...')

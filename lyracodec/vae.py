@@ -6,21 +6,19 @@
 __all__ = ['posterior_stats', 'sample_posterior', 'kl_divergence', 'VAE', 'save_pretrained', 'load_pretrained', 'smoke_main']
 
 # %% ../nbs/03_vae.ipynb #02d1286d
-import json
 import math
-from dataclasses import dataclass, asdict
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 
-from .core import ConfigError, PathLike, atomic_write, cli_parser
+from .core import PathLike, cli_parser
 from .residual import fold_weight_norm, has_weight_norm
 from .blocks import Encoder, Decoder
-from .vae_config import (VAEConfig, PRESETS, BOTTLENECKS, CONFIG_NAME, WEIGHTS_NAME, resolve_model_dir,
-                                  read_model_config, write_model_folder)
+from .vae_config import (VAEConfig, PRESETS, CONFIG_NAME, WEIGHTS_NAME, resolve_model_dir, read_model_config,
+                                  write_model_folder)
 from .stable_audio import load_stable_audio_state
 
 # %% ../nbs/03_vae.ipynb #0e04c16a
@@ -155,11 +153,11 @@ VAE.from_pretrained = staticmethod(load_pretrained)
 
 # %% ../nbs/03_vae.ipynb #ea5002b6
 def smoke_main(argv=None):
-    "Console script: encode and decode 2 s of a synthetic stereo clip with a tiny model, printing shapes."
-    import argparse
-    p = argparse.ArgumentParser(prog='lyracodec_smoke', description=smoke_main.__doc__)
-    p.add_argument('--preset', default='tiny', choices=sorted(PRESETS))
-    p.add_argument('--seconds', type=float, default=2.0)
+    "Console script `lyracodec_smoke`: encode and decode a synthetic stereo clip with a fresh model, printing shapes."
+    p = cli_parser('lyracodec_smoke', 'Encode and decode a synthetic stereo clip with a fresh (untrained) model and '
+                   'print the shapes: the quickest check that an installation works.')
+    p.add_argument('--preset', default='tiny', choices=sorted(PRESETS), help='model size')
+    p.add_argument('--seconds', type=float, default=2.0, help='length of the clip')
     a = p.parse_args(argv)
     torch.manual_seed(0)
     model = VAE(VAEConfig.preset(a.preset)).eval()

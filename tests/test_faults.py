@@ -135,13 +135,54 @@ def test_second_trainer_on_same_folder_stops(corpus, tmp_path):
             T.Trainer(cfg_of(corpus, 'run.max_steps=1'), run).fit()
     finally: a._unlock()
 
-def test_sigterm_saves_like_sigint(corpus, tmp_path):
-    tr = T.Trainer(cfg_of(corpus, 'run.max_steps=50', 'checkpoint.every=100'), tmp_path / 'run')
-    orig = tr.train_step
-    def step_then_term(batches):
-        out = orig(batches)
-        if tr.step == 2: os.kill(os.getpid(), signal.SIGTERM)
-        return out
-    tr.train_step = step_then_term
-    assert tr.fit() == 130
-    assert T.load_checkpoint(tmp_path / 'run' / 'last.pt')['step'] == 2
+def test_resume_refuses_another_model_and_lists_changes(corpus, tmp_path):
+    run = tmp_path / 'run'
+    assert T.Trainer(cfg_of(corpus, 'run.max_steps=2', 'checkpoint.every=2'), run).fit() == 0
+    with pytest.raises(ValueError, match=r'another model \(model\.preset'):
+        T.Trainer(cfg_of(corpus, 'run.max_steps=4', 'model.preset=small'), run, resume='auto')
+    logs = []
+    T.Trainer(cfg_of(corpus, 'run.max_steps=4', 'optim.lr=2e-4'), run, resume='auto', log=logs.append)
+    assert any('optim.lr' in l and 'run.max_steps' in l for l in logs), logs
+
+def test_best_is_weights_only_and_out_must_be_a_folder(corpus, tmp_path, capsys):
+    run = tmp_path / 'run'
+    assert T.Trainer(cfg_of(corpus, 'run.max_steps=2', 'checkpoint.every=2', 'logging.valid_every=1'), run).fit() == 0
+    assert sorted(f.name for f in (run / 'best').iterdir()) == ['config.json', 'model.safetensors']
+    (tmp_path / 'file').write_text('x')
+    assert T.main(['demo', str(corpus), '--out', str(tmp_path / 'file')]) == 2
+    one_error_line(capsys.readouterr().err, 'is a file')
+
+def test_mostly_silent_file_warned(tmp_path):
+    from lyracodec.dataset import VocalDataset, AudioFileWarning
+    sf.write(tmp_path / 'silent.wav', np.zeros((SR * 30, 2), 'float32'), SR)
+    wav(tmp_path / 'ok.wav', 1.0)
+    ds = VocalDataset(tmp_path, split=None, target_length=8192)
+    with pytest.warns(AudioFileWarning, match='silent.wav: mostly silent'):
+        for i in range(40): ds[i]
+    assert 'mostly silent: silent.wav' in ds.summary()
+
+def test_disk_full_names_the_output_and_goes_on(tmp_path, model_dir, capsys, monkeypatch):
+    "A stubbed writer that fills the disk on one file: that output is named, nothing is left of it, the next file is done."
+    import errno, lyracodec.core as core
+    src = tmp_path / 'in'; src.mkdir(); wav(src / 'a.wav'); wav(src / 'b.wav')
+    real = core.os.fsync
+    def fsync(fd):
+        if os.readlink(f'/proc/self/fd/{fd}').split('/')[-1].startswith('.a.lyra.'): raise OSError(errno.ENOSPC, 'No space left on device')
+        return real(fd)
+    monkeypatch.setattr(core.os, 'fsync', fsync)
+    assert encode_main(['--model', str(model_dir), '-o', str(tmp_path / 'o'), str(src), '-q']) == 1
+    one_error_line(capsys.readouterr().err, 'a.lyra: disk full')
+    assert sorted(f.name for f in (tmp_path / 'o').iterdir()) == ['b.lyra']
+
+def test_disk_full_on_a_real_small_filesystem(tmp_path, model_dir, capsys):
+    "A 256 kB tmpfs (where this runs as root); decoding 3 s of float WAV does not fit."
+    import subprocess
+    small = tmp_path / 'small'; small.mkdir()
+    if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', str(small)], capture_output=True).returncode:
+        pytest.skip('cannot mount a tmpfs here')
+    try:
+        song = wav(tmp_path / 'song.wav', 3.0)
+        assert reconstruct_main(['--model', str(model_dir), '-o', str(small), str(song), '-q']) == 1
+        one_error_line(capsys.readouterr().err, 'song.wav: disk full')
+        assert list(small.iterdir()) == []
+    finally: subprocess.run(['umount', str(small)])

@@ -54,7 +54,7 @@ def test_exact_resume(corpus, tmp_path):
     over = ['loss.recipe=adversarial', 'loss.adv_start_step=1', 'run.max_steps=4', 'checkpoint.every=2', 'checkpoint.keep_last=5']
     a = T.Trainer(cfg_of(corpus, *over), tmp_path / 'a')
     assert a.fit() == 0
-    shutil.copytree(tmp_path / 'a', tmp_path / 'b', ignore=shutil.ignore_patterns('step_0000004.pt', 'last.pt', 'best.pt'))
+    shutil.copytree(tmp_path / 'a', tmp_path / 'b', ignore=shutil.ignore_patterns('step_0000004.pt', 'last.pt', 'best'))
     torch.manual_seed(1234)  # a resumed run must not depend on the state it starts in
     b = T.Trainer(cfg_of(corpus, *over), tmp_path / 'b', resume=str(tmp_path / 'b' / 'step_0000002.pt'))
     assert b.step == 2
@@ -80,18 +80,19 @@ def test_nan_skips_counts_and_stops(corpus, tmp_path, capsys):
     assert tensors_equal(good['model'], last['model']) == [], 'skipped steps must not change the weights'
     assert all(torch.isfinite(v).all() for v in last['model'].values())
 
-def test_sigint_saves_checkpoint(corpus, tmp_path):
-    before = signal.getsignal(signal.SIGINT)  # SIG_IGN when the suite runs in the background (nohup ... &)
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])  # Ctrl-C, and what job schedulers send
+def test_signal_saves_checkpoint(corpus, tmp_path, sig):
+    before = signal.getsignal(sig)  # SIGINT is SIG_IGN when the suite runs in the background (nohup ... &)
     tr = T.Trainer(cfg_of(corpus, 'run.max_steps=50', 'checkpoint.every=100'), tmp_path / 'run')
     orig = tr.train_step
-    def step_then_interrupt(batches):
+    def step_then_signal(batches):
         out = orig(batches)
-        if tr.step == 2: os.kill(os.getpid(), signal.SIGINT)
+        if tr.step == 2: os.kill(os.getpid(), sig)
         return out
-    tr.train_step = step_then_interrupt
+    tr.train_step = step_then_signal
     assert tr.fit() == 130
     assert T.load_checkpoint(tmp_path / 'run' / 'last.pt')['step'] == 2
-    assert signal.getsignal(signal.SIGINT) is before  # handler restored
+    assert signal.getsignal(sig) is before  # handler restored
 
 def test_checkpoint_write_is_atomic(corpus, tmp_path, monkeypatch):
     tr = T.Trainer(cfg_of(corpus, 'run.max_steps=2', 'checkpoint.every=100'), tmp_path / 'run')
