@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['CKPT_FORMAT', 'EMA', 'rng_state', 'set_rng_state', 'state_digest', 'save_checkpoint', 'load_checkpoint',
-           'link_latest', 'weights_digest']
+           'link_latest', 'newest_valid_checkpoint', 'weights_digest', 'replica_digests']
 
 # %% ../nbs/05b_checkpoint.ipynb #b08c5d03
 import copy
@@ -128,9 +128,35 @@ def link_latest(path: PathLike, # the checkpoint just written
     fsync_dir(link.parent)
     return link
 
+# %% ../nbs/05b_checkpoint.ipynb #c023672e
+def newest_valid_checkpoint(run_dir: PathLike, # a run folder
+                            log=print, # where the skipped files are reported
+                           ) -> tuple: # (path, state), or (None, None) when the folder holds no checkpoint
+    "The newest readable checkpoint of a run folder: `last.pt`, then `step_*.pt` from the newest down."
+    run_dir = Path(run_dir)
+    found = [p for p in [run_dir / 'last.pt'] + sorted(run_dir.glob('step_*.pt'), reverse=True) if p.is_file()]
+    for i, p in enumerate(found):
+        try: s = load_checkpoint(p, map_location='cpu')
+        except ValueError as e:
+            log(f'resume auto: skipping {e}'); continue
+        if i > 0: log(f'resume auto: falling back to {p}, the newest readable checkpoint')
+        return p, s
+    if found: raise ValueError(f'{run_dir}: none of its {len(found)} checkpoint(s) is readable; '
+                               'refusing to start from scratch over them (move them away to do that)')
+    return None, None
+
 # %% ../nbs/05b_checkpoint.ipynb #cdf3b775
 def weights_digest(model: nn.Module) -> str:
     "SHA-1 of a model's state (to compare replicas)."
     h = hashlib.sha1()
     for k, v in sorted(model.state_dict().items()): h.update(k.encode()); h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def replica_digests(model: nn.Module, world: int) -> list:
+    "Every rank's `weights_digest` (a collective call under torch.distributed; one entry when not distributed)."
+    if world == 1: return [weights_digest(model)]
+    import torch.distributed as dist
+    digests = [None] * world
+    dist.all_gather_object(digests, weights_digest(model))
+    return digests

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['PathLike', 'EXPECTED_ERRORS', 'cache_dir', 'ConfigError', 'need', 'check_type', 'Config', 'config_from_dict',
            'OutputError', 'check_output', 'temp_name_prefix', 'remove_stale_temps', 'fsync_dir', 'new_temp_path',
-           'disk_full', 'atomic_write', 'os_error_message', 'cli_parser', 'run_main']
+           'disk_full', 'atomic_write', 'os_error_message', 'FolderLock', 'cli_parser', 'run_main']
 
 # %% ../nbs/00a_core.ipynb #49fdd848
 import argparse
@@ -220,6 +220,26 @@ def os_error_message(e: BaseException, # an exception raised while reading or wr
         cause = (e.strerror if isinstance(e, OSError) and e.strerror else None) or text
     msg = f'{name}: {cause}' if name and str(name) not in cause else cause
     return ' '.join(msg.split())
+
+# %% ../nbs/00a_core.ipynb #e46aa1eb
+class FolderLock:
+    "Exclusive lock of a folder for the duration of a `with` block; a second holder gets a clear error at once."
+    def __init__(self, folder: PathLike, # the folder to hold
+                 busy: str='another process is writing to this folder', # the error's text when it is held
+                ):
+        self.path, self.busy, self.f = Path(folder) / '.lock', busy, None
+
+    def __enter__(self):
+        import fcntl
+        self.f = open(self.path, 'a+')
+        try: fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.f.close(); self.f = None
+            raise OutputError(f'{self.path.parent}: {self.busy}') from None
+        return self
+
+    def __exit__(self, *exc):
+        if self.f is not None: self.f.close(); self.f = None
 
 # %% ../nbs/00a_core.ipynb #88279c1c
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -128,12 +128,12 @@ def test_resume_auto_falls_back_to_newest_valid_step(corpus, tmp_path):
     assert tr.step == 2 and any('falling back' in l for l in logs)
 
 def test_second_trainer_on_same_folder_stops(corpus, tmp_path):
+    from lyracodec.core import FolderLock
     run = tmp_path / 'run'; run.mkdir()
-    a = T.Trainer(cfg_of(corpus, 'run.max_steps=1'), run); a._lock()
-    try:
-        with pytest.raises(ValueError, match='another lyracodec_train is training'):
+    with FolderLock(run):  # what a running trainer holds
+        with pytest.raises(OSError, match='a lyracodec_train is training in this folder'):
             T.Trainer(cfg_of(corpus, 'run.max_steps=1'), run).fit()
-    finally: a._unlock()
+        assert not (run / 'config.yaml').exists()   # the second trainer wrote nothing
 
 def test_resume_refuses_another_model_and_lists_changes(corpus, tmp_path):
     run = tmp_path / 'run'
