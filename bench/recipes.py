@@ -117,7 +117,7 @@ def run(recipe: str, budget: float, threads: int, batch: int, lr: float, adv_fra
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         dt = time.process_time() - t0
-        used += dt; step += 1; step_times.append(dt); last = logs
+        used += dt; step += 1; step_times.append(dt); last = {k: float(v) for k, v in logs.items()}
     after = evaluate(model, valid, fns)
     step_times.sort()
     return {'recipe': recipe, 'steps': step, 'cpu_s': round(used, 1), 'wall_s': round(time.time() - t_wall, 1),

@@ -7,6 +7,7 @@ __all__ = ['DILATIONS', 'EncoderBlock', 'DecoderBlock', 'Encoder', 'Decoder']
 
 # %% ../nbs/02_blocks.ipynb #619e6e50
 import math
+import torch
 from torch import nn, Tensor
 from .snake import Snake
 from .residual import ResidualUnit, wn_conv1d, wn_conv_transpose1d

@@ -13,6 +13,7 @@ import contextvars
 import errno
 import glob
 import math
+import re
 import os
 import shutil
 import sys
@@ -146,20 +147,26 @@ def temp_name_prefix(path: PathLike) -> str:
     "The prefix of every temporary file written for `path` (hidden, named after it)."
     return f'.{Path(path).name}.'
 
-def remove_stale_temps(path: PathLike) -> list:
-    "Remove temporaries of `path` left by writers that no longer run; returns the removed paths."
-    p, removed = Path(path), []
-    prefix = temp_name_prefix(p)
-    if not p.parent.is_dir(): return removed
-    for t in p.parent.glob(f'{glob.escape(prefix)}*.tmp'):
-        pid = t.name[len(prefix):].split('-', 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            try:
-                if t.is_dir(): shutil.rmtree(t)
-                else: t.unlink()
-                removed.append(t)
-            except OSError: pass
-    return removed
+_TEMP_RE = re.compile(r'^\..+\.(\d+)-[^.]*\.tmp$')  # .NAME.PID-RANDOM.tmp, as `new_temp_path` makes them
+
+def _remove_if_stale(t: Path) -> bool:
+    "Remove temporary `t` if the process that wrote it no longer runs."
+    m = _TEMP_RE.match(t.name)
+    if not m or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))): return False
+    try:
+        if t.is_dir(): shutil.rmtree(t)
+        else: t.unlink()
+    except OSError: return False
+    return True
+
+def remove_stale_temps(path: PathLike, # an output file (its temporaries) or, with `folder=True`, a folder (all of them)
+                       folder: bool=False,
+                      ) -> list: # the removed paths
+    "Remove temporaries left by writers that no longer run (of one output, or of every output in a folder)."
+    p = Path(path)
+    where, pattern = (p, '.*.tmp') if folder else (p.parent, f'{glob.escape(temp_name_prefix(p))}*.tmp')
+    if not where.is_dir(): return []
+    return [t for t in where.glob(pattern) if _remove_if_stale(t)]
 
 def fsync_dir(folder: PathLike):
     "Make a rename in `folder` durable (a no-op where folders cannot be opened, e.g. Windows)."

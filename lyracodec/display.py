@@ -53,11 +53,20 @@ def plot_mels(clips: dict, # title -> audio (`[T]`, `[C, T]` or `[1, C, T]`)
 def player(audio: Tensor, # `[T]`, `[C, T]` or `[1, C, T]`
            sample_rate: int=44100, # Hz of `audio`
            max_seconds: float=2.0, # longer clips are cut
-           display_rate: int=22050, # the player's rate: lower keeps saved notebooks small
+           display_rate: int=22050, # the player's rate
           ):
-    "A small mono `IPython.display.Audio` player for a clip."
+    "A small mono `IPython.display.Audio` player for a clip, MP3-encoded so that saved notebooks stay small."
+    import io
+    import soundfile as sf
     from IPython.display import Audio
     x = torch.as_tensor(audio, dtype=torch.float32).detach().cpu()
     x = x.reshape(-1, x.shape[-1]).mean(0)[: int(max_seconds * sample_rate)]  # [T']
     if display_rate != sample_rate: x = torchaudio.functional.resample(x, sample_rate, display_rate)
-    return Audio(x.numpy(), rate=display_rate, normalize=bool(x.abs().max() > 0))
+    peak = float(x.abs().max())
+    if peak > 0: x = x * (0.9 / peak)  # normalised, as IPython's players are
+    buf = io.BytesIO()
+    try: sf.write(buf, x.numpy(), display_rate, format='MP3')  # about a tenth of the bytes of a WAV player
+    except (sf.SoundFileError, ValueError): return Audio(x.numpy(), rate=display_rate, normalize=False)
+    a = Audio(data=buf.getvalue())
+    a.mimetype = 'audio/mpeg'
+    return a

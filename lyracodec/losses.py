@@ -154,8 +154,8 @@ class ReconstructionLoss(nn.Module):
                 mu: Tensor, logvar: Tensor, # posterior `[B, D, F]` each
                 step: int, # optimiser step (for the KL schedule)
                 kl_fn: Callable[[Tensor, Tensor], Tensor], # the model's KL, e.g. `model.kl`
-               ) -> tuple: # (total loss, {term: float})
-        "Total generator loss (without adversarial terms) and its terms as floats for logging."
+               ) -> tuple: # (total loss, {term: detached scalar tensor})
+        "Total generator loss (without adversarial terms) and its terms, kept on the device (read them only when logging)."
         if x.shape != x_recon.shape:
             raise ValueError(f'ReconstructionLoss: x {tuple(x.shape)} and x_recon {tuple(x_recon.shape)} differ in shape')
         with torch.autocast(x.device.type, enabled=False):  # spectra and logs in float32, even under bf16/fp16 AMP
@@ -164,19 +164,19 @@ class ReconstructionLoss(nn.Module):
     def _terms(self, x, x_recon, mu, logvar, step, kl_fn) -> tuple:
         cfg, logs = self.cfg, {}
         mse = F.mse_loss(x_recon, x)
-        logs['mse'] = mse.item()
+        logs['mse'] = mse.detach()
         total = x.new_zeros(())
         if cfg.recipe == 'seed' and cfg.mse_weight > 0: total = total + cfg.mse_weight * mse
         if self.stft is not None:
             s = self.stft(x, x_recon)
-            total = total + cfg.stft_weight * s; logs['stft'] = s.item()
+            total = total + cfg.stft_weight * s; logs['stft'] = s.detach()
         if self.mel is not None:
             m = self.mel(x, x_recon)
-            total = total + cfg.mel_weight * m; logs['mel'] = m.item()
+            total = total + cfg.mel_weight * m; logs['mel'] = m.detach()
         kl = kl_fn(mu, logvar)
         w = kl_weight_at(cfg, step)
         total = total + w * kl
-        logs.update(kl=kl.item(), kl_weight=w, recon=total.item())
+        logs.update(kl=kl.detach(), kl_weight=total.new_tensor(w), recon=total.detach())  # tensors: no host sync here
         return total, logs
 
 # %% ../nbs/04a_losses.ipynb #55ca5c7e

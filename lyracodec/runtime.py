@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['ResumableSampler', 'ignore_sigint', 'dist_env', 'pick_device', 'amp_dtype', 'Logger', 'write_reconstructions',
-           'seed_everything', 'threading_main', 'log_media']
+           'seed_everything', 'threading_main', 'log_media', 'compile_blocks']
 
 # %% ../nbs/05c_runtime.ipynb #4968db81
 import os
@@ -16,13 +16,14 @@ from typing import Optional
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import nn, Tensor
 from torch.utils.data import DistributedSampler
 
 from .core import ConfigError, atomic_write, need
 from .train_config import WANDB_MODES
 from .audio import write_audio
 from .vae import VAE
+from .blocks import EncoderBlock, DecoderBlock
 from .metrics import mrstft_distance
 from .display import plot_mels
 
@@ -144,3 +145,12 @@ def log_media(model: VAE, # reconstructs with deterministic encoding
     logger.audio('audio/input', x, sr, step); logger.audio('audio/recon', y, sr, step)
     fig = plot_mels({'input': x, 'reconstruction': y}, sr)
     logger.figure('mel', fig, step); plt.close(fig)
+
+# %% ../nbs/05c_runtime.ipynb #b17ee379
+def compile_blocks(model: nn.Module, # a `VAE` (or anything holding encoder and decoder blocks)
+                   **kwargs, # passed to `torch.compile`
+                  ) -> nn.Module: # the same model, its blocks compiled in place
+    "Regional compilation: `torch.compile` every `EncoderBlock` and `DecoderBlock` in place."
+    for m in model.modules():
+        if isinstance(m, (EncoderBlock, DecoderBlock)): m.compile(**kwargs)
+    return model

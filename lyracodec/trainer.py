@@ -22,7 +22,8 @@ import torch.distributed as dist
 from fastcore.basics import patch
 from torch import nn, Tensor
 
-from .core import ConfigError, EXPECTED_ERRORS, FolderLock, PathLike, cache_dir, cli_parser, os_error_message
+from .core import (ConfigError, EXPECTED_ERRORS, FolderLock, PathLike, cache_dir, cli_parser, os_error_message,
+                            remove_stale_temps)
 from .vae import VAE, save_pretrained
 from .losses import ReconstructionLoss, MultiScaleSTFTDiscriminator, discriminator_loss, generator_adversarial_loss
 from .dataset import VocalDataset, AugmentConfig, audio_loader
@@ -32,7 +33,7 @@ from .train_config import TrainConfig, load_config, save_config, lr_factor, conf
 from .checkpoint import (EMA, rng_state, set_rng_state, save_checkpoint, load_checkpoint, link_latest,
                                   newest_valid_checkpoint, replica_digests, CKPT_FORMAT)
 from .runtime import (ResumableSampler, ignore_sigint, dist_env, pick_device, amp_dtype, Logger, log_media,
-                               write_reconstructions, seed_everything, threading_main)
+                               write_reconstructions, seed_everything, threading_main, compile_blocks)
 
 # %% ../nbs/05_trainer.ipynb #715ecbad
 class StopTraining(Exception):
@@ -54,7 +55,9 @@ class Trainer:
         self.device = pick_device(cfg.run.device, self.local_rank)
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group('nccl' if self.device.type == 'cuda' else 'gloo')
-        if self.device.type == 'cuda': torch.cuda.set_device(self.device)
+        if self.device.type == 'cuda':
+            torch.cuda.set_device(self.device)
+            torch.backends.cudnn.benchmark = True  # crops have a fixed size: pick the fastest convolution once
         self.log = log if self.is_main else (lambda *a, **k: None)
         self.amp = amp_dtype(cfg.run.amp, self.device)
         if cfg.run.threads: torch.set_num_threads(cfg.run.threads)
@@ -67,24 +70,26 @@ class Trainer:
         self.ema = EMA(self.model, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.enabled else None
         o = cfg.optim
         factor = lambda s: lr_factor(s, cfg.schedule, cfg.run.max_steps)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        fused = self.device.type == 'cuda'  # one kernel for the whole update
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, fused=fused)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, factor)
         self.disc_opt = self.disc_sched = None
         if self.disc is not None:
-            self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=o.disc_lr, betas=o.betas, weight_decay=o.weight_decay)
+            self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=o.disc_lr, betas=o.betas, weight_decay=o.weight_decay,
+                                              fused=fused)
             self.disc_sched = torch.optim.lr_scheduler.LambdaLR(self.disc_opt, factor)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.step = self.epoch = self.position = 0
         self.bad_in_row = self.skipped = 0
         self.best_val, self.start_mrstft, self._saved_step, self._interrupted = math.inf, None, -1, False
-        self.history = defaultdict(list)  # name -> [(step, value)]
+        self.history, self._pending = defaultdict(list), []  # name -> [(step, value)]; steps not yet read back
         seed_everything(cfg.run.seed + self.rank)
         self._setup_data(train_ds, valid_ds)
         if resume is not None: self._resume(resume)
         self.fwd = self.model
         if self.world > 1:
             self.fwd = nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
-        if cfg.run.compile: self.fwd = torch.compile(self.fwd)
+        if cfg.run.compile: compile_blocks(self.model)  # regional: each block once, not the whole graph
 
 # %% ../nbs/05_trainer.ipynb #ebd35e9f
 @patch
@@ -135,11 +140,12 @@ def _autocast(self: Trainer):
 
 @patch
 def train_step(self: Trainer, batches: Sequence[Tensor]) -> dict:
-    "One optimiser step over the micro-batches `batches`; returns averaged logs (and `skipped` = 0/1)."
-    cfg, n = self.cfg, len(batches)
+    "One optimiser step over the micro-batches `batches`; returns averaged logs as device tensors (`skipped` = 0/1)."
+    cfg, n, dev = self.cfg, len(batches), self.device
     adv_on = self.disc is not None and cfg.loss.adversarial_at(self.step)
     self.model.train()
-    logs, finite = defaultdict(float), True
+    logs = defaultdict(lambda: torch.zeros((), device=dev))  # stays on the device: read only when logging
+    finite = torch.ones((), dtype=torch.bool, device=dev)
     for i, x in enumerate(batches):
         x = x.to(self.device, non_blocking=True)  # [B, C, T]
         sync = self.world == 1 or i == n - 1
@@ -152,30 +158,31 @@ def train_step(self: Trainer, batches: Sequence[Tensor]) -> dict:
                     adv, fm = generator_adversarial_loss(self.disc, x, y, cfg.loss.gan_loss)
                     self.disc.requires_grad_(True)
                     loss = loss + cfg.loss.adv_weight * adv + cfg.loss.fm_weight * fm
-                    parts = {**parts, 'adv': float(adv.detach()), 'fm': float(fm.detach())}
-            finite &= bool(torch.isfinite(loss.detach()))
+                    parts = {**parts, 'adv': adv.detach(), 'fm': fm.detach()}
+            finite &= torch.isfinite(loss.detach())
             self.scaler.scale(loss / n).backward()
         if adv_on:
             with self._autocast(): d_loss = discriminator_loss(self.disc, x, y.detach(), cfg.loss.gan_loss)
-            finite &= bool(torch.isfinite(d_loss))
+            finite &= torch.isfinite(d_loss.detach())
             self.scaler.scale(d_loss / n).backward()
-            logs['disc'] += float(d_loss.detach()) / n
-        for k, v in parts.items(): logs[k] += float(v) / n
-        logs['total'] += float(loss.detach()) / n
+            logs['disc'] += d_loss.detach().float() / n
+        for k, v in parts.items(): logs[k] += v.float() / n
+        logs['total'] += loss.detach().float() / n
     clip = cfg.optim.grad_clip or math.inf
     self.scaler.unscale_(self.opt)
-    gnorm = float(nn.utils.clip_grad_norm_(self.model.parameters(), clip))
-    finite &= math.isfinite(gnorm)
+    gnorm = nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+    finite &= torch.isfinite(gnorm)
     if adv_on:
         self.scaler.unscale_(self.disc_opt)
         if self.world > 1:
             for p in self.disc.parameters():
                 if p.grad is not None: dist.all_reduce(p.grad); p.grad /= self.world
-        dnorm = float(nn.utils.clip_grad_norm_(self.disc.parameters(), clip))
-        finite &= math.isfinite(dnorm); logs['disc_grad_norm'] = dnorm
+        dnorm = nn.utils.clip_grad_norm_(self.disc.parameters(), clip)
+        finite &= torch.isfinite(dnorm); logs['disc_grad_norm'] = dnorm
     if self.world > 1:  # every rank must take the same decision
-        flag = torch.tensor([0.0 if finite else 1.0], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX); finite = flag.item() == 0
+        flag = (~finite).float()
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX); finite = flag == 0
+    finite = bool(finite)  # the step's one host synchronisation: apply it or skip it
     if finite:
         self.scaler.step(self.opt)
         if adv_on: self.scaler.step(self.disc_opt)
@@ -183,7 +190,7 @@ def train_step(self: Trainer, batches: Sequence[Tensor]) -> dict:
     self.scaler.update()
     self.opt.zero_grad(set_to_none=True)
     if self.disc_opt is not None: self.disc_opt.zero_grad(set_to_none=True)
-    logs.update(lr=self.opt.param_groups[0]['lr'], grad_norm=gnorm, skipped=0.0 if finite else 1.0)
+    logs.update(lr=self.opt.param_groups[0]['lr'], grad_norm=gnorm.detach(), skipped=0.0 if finite else 1.0)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)  # "lr_scheduler.step() before optimizer.step()" on skipped steps
         self.sched.step()
@@ -300,11 +307,12 @@ def _on_sigint(self: Trainer, signum, frame):
 
 @patch
 def _stop_requested(self: Trainer) -> bool:
-    flag = self._interrupted
-    if self.world > 1:
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX); flag = t.item() > 0
-    return flag
+    "Whether Ctrl-C or SIGTERM arrived; under DDP all ranks decide together, every 10 steps (a collective call)."
+    if self.world == 1: return self._interrupted
+    if self.step % 10: return False
+    t = torch.tensor([1.0 if self._interrupted else 0.0], device=self.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item() > 0
 
 @patch
 def _resume_hint(self: Trainer) -> str:
@@ -325,6 +333,7 @@ def fit(self: Trainer) -> int:
     if not self.is_main: return self._fit()
     self.run_dir.mkdir(parents=True, exist_ok=True)
     with FolderLock(self.run_dir, 'a lyracodec_train is training in this folder; wait for it, stop it, or choose another --out'):
+        for t in remove_stale_temps(self.run_dir, folder=True): self.log(f'removed {t.name}, left by a killed run')
         return self._fit()
 
 @patch
@@ -353,8 +362,8 @@ def _fit(self: Trainer) -> int:
             logs = self.train_step(xs)
             t2 = time.perf_counter()
             t_data += t1 - t0; t_total += t2 - t0; n_steps += 1
-            bar.update(1); bar.set_postfix(loss=f'{logs["total"]:.4f}', refresh=False)
-            for k in ('total', 'lr', 'grad_norm'): self.history[k].append((self.step, logs[k]))
+            bar.update(1)
+            self._pending.append((self.step, logs['total'], logs['grad_norm'], logs['lr']))
             if self.bad_in_row >= cfg.run.max_bad_steps:
                 self.save()
                 raise StopTraining(3, f'stopped at step {self.step}: {self.bad_in_row} steps in a row had a non-finite '
@@ -363,6 +372,9 @@ def _fit(self: Trainer) -> int:
                                    f'optim.lr (e.g. --set optim.lr={cfg.optim.lr / 10:g}), check the data, then '
                                    + self._resume_hint())
             if self.step % L.every == 0 or self.step == cfg.run.max_steps:
+                self._flush_history()
+                logs = {k: float(v) for k, v in logs.items()}  # read the device only here
+                bar.set_postfix(loss=f'{logs["total"]:.4f}', refresh=False)
                 now = time.perf_counter()
                 sps = n_steps / max(now - t_win, 1e-9)
                 seconds_audio = sps * cfg.data.batch_size * cfg.optim.accum_steps * self.world * cfg.data.target_length / cfg.data.sample_rate
@@ -398,7 +410,18 @@ def _fit(self: Trainer) -> int:
     finally:
         bar.close(); logger.close()
         for sig, h in (old_handler or {}).items(): signal.signal(sig, h)
+        self._flush_history()
     return code
+
+@patch
+def _flush_history(self: Trainer):
+    "Append the pending steps' (loss, gradient norm, lr) to `history`, reading the device once for all of them."
+    pending, self._pending = self._pending, []
+    if not pending: return
+    vals = torch.stack([torch.stack([t.float(), g.float()]) for _, t, g, _ in pending]).tolist()
+    for (step, _, _, lr), (t, g) in zip(pending, vals):
+        self.history['total'].append((step, t)); self.history['grad_norm'].append((step, g))
+        self.history['lr'].append((step, lr))
 
 @patch
 def _validate_and_log(self: Trainer, logger: Logger, bar):

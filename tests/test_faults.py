@@ -145,8 +145,10 @@ def test_resume_refuses_another_model_and_lists_changes(corpus, tmp_path):
     assert any('optim.lr' in l and 'run.max_steps' in l for l in logs), logs
 
 def test_best_is_weights_only_and_out_must_be_a_folder(corpus, tmp_path, capsys):
-    run = tmp_path / 'run'
+    run = tmp_path / 'run'; run.mkdir()
+    (run / '.step_0000030.pt.999999999-abc.tmp').write_bytes(b'left by a killed run')   # its writer is not running
     assert T.Trainer(cfg_of(corpus, 'run.max_steps=2', 'checkpoint.every=2', 'logging.valid_every=1'), run).fit() == 0
+    assert not list(run.glob('.*.tmp'))
     assert sorted(f.name for f in (run / 'best').iterdir()) == ['config.json', 'model.safetensors']
     (tmp_path / 'file').write_text('x')
     assert T.main(['demo', str(corpus), '--out', str(tmp_path / 'file')]) == 2

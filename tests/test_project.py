@@ -51,5 +51,5 @@ def test_proc_nbs_keeps_plots_and_players(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     proc = tmp_path / '_proc'
     vae = (proc / '03_vae.ipynb').read_text()
-    assert 'image/png' in vae and '<audio' in vae
+    assert ('image/png' in vae or 'image/jpeg' in vae) and '<audio' in vae   # saved figures are JPEG to keep pages small
     assert 'image/png' in (proc / '00_snake.ipynb').read_text()

@@ -158,3 +158,13 @@ def test_bf16_autocast_and_accumulation(corpus, tmp_path):
     assert tr.amp == torch.bfloat16 and tr.fit() == 0
     assert all(v == v for _, v in tr.history['total']) and tr.skipped == 0
     with pytest.raises(T.ConfigError, match=r'run\.amp'): T.Trainer(cfg_of(corpus, 'run.amp=fp16'), tmp_path / 'x')
+
+def test_run_compile_is_regional(corpus, tmp_path, monkeypatch):
+    "run.compile compiles each encoder/decoder block in place; here with dynamo's aot_eager backend (no C++ build)."
+    from lyracodec import runtime as R
+    from lyracodec.blocks import EncoderBlock, DecoderBlock
+    monkeypatch.setattr(T, 'compile_blocks', lambda m: R.compile_blocks(m, backend='aot_eager'))
+    tr = T.Trainer(cfg_of(corpus, 'run.compile=true', 'run.max_steps=2', 'checkpoint.every=100'), tmp_path / 'run')
+    blocks = [m for m in tr.model.modules() if isinstance(m, (EncoderBlock, DecoderBlock))]
+    assert len(blocks) == 10 and all(m._compiled_call_impl is not None for m in blocks)
+    assert tr.fit() == 0 and tr.skipped == 0
