@@ -6,7 +6,7 @@
 __all__ = ['SCHEDULES', 'LOGGERS', 'WANDB_MODES', 'AMP_MODES', 'SECTIONS', 'CONFIG_DIR', 'ModelSection', 'DataSection',
            'OptimSection', 'ScheduleSection', 'EMASection', 'CheckpointSection', 'LoggingSection', 'RunSection',
            'TrainConfig', 'parse_override', 'apply_overrides', 'resolve_config_path', 'load_config', 'config_diff',
-           'save_config', 'lr_factor']
+           'resume_changes', 'save_config', 'lr_factor']
 
 # %% ../nbs/05a_train_config.ipynb #eb9f6a6d
 import copy
@@ -251,6 +251,16 @@ def config_diff(old: dict, # a config as nested mappings (`TrainConfig.to_dict`)
         if isinstance(a, dict) and isinstance(b, dict): out += config_diff(a, b, key + '.')
         elif a != b: out.append((key, a, b))
     return out
+
+def resume_changes(saved: dict, # the config stored in a checkpoint
+                   current: dict, # the config of the run that resumes it
+                   path: PathLike='checkpoint', # named in the error
+                  ) -> str: # 'key old -> new; ...' ('' when nothing changed)
+    "The settings changed since a checkpoint was saved; a different model section is an error naming the keys."
+    changed = config_diff(saved, current)
+    model = [f'{k}: {a!r} in the checkpoint, {b!r} now' for k, a, b in changed if k.startswith('model.')]
+    if model: raise ValueError(f'{path}: was saved by another model ({"; ".join(model)}); resume with the same model section')
+    return '; '.join(f'{k} {a!r} -> {b!r}' for k, a, b in changed)
 
 def save_config(cfg: TrainConfig, path: Path):
     "Write the effective config as YAML (atomically)."

@@ -29,7 +29,7 @@ from .losses import ReconstructionLoss, MultiScaleSTFTDiscriminator, discriminat
 from .dataset import VocalDataset, AugmentConfig, audio_loader
 from .demo_corpus import make_demo_corpus
 from .metrics import si_sdr, mel_distance, mrstft_distance
-from .train_config import TrainConfig, load_config, save_config, lr_factor, config_diff
+from .train_config import TrainConfig, load_config, save_config, lr_factor, resume_changes
 from .checkpoint import (EMA, rng_state, set_rng_state, save_checkpoint, load_checkpoint, link_latest,
                                   newest_valid_checkpoint, replica_digests, CKPT_FORMAT)
 from .runtime import (ResumableSampler, ignore_sigint, dist_env, pick_device, amp_dtype, Logger, log_media,
@@ -263,21 +263,13 @@ def save(self: Trainer) -> Optional[Path]:
     return path
 
 @patch
-def _compare_config(self: Trainer, path: Path, saved: dict):
-    "Refuse a checkpoint of another model; list every other setting that changed since it was saved."
-    changed = config_diff(saved, self.cfg.to_dict())
-    model = [f'{k}: {a!r} in the checkpoint, {b!r} now' for k, a, b in changed if k.startswith('model.')]
-    if model: raise ValueError(f'{path}: was saved by another model ({"; ".join(model)}); resume with the same model section')
-    if changed: self.log('resume: settings changed since the checkpoint: ' +
-                         '; '.join(f'{k} {a!r} -> {b!r}' for k, a, b in changed))
-
-@patch
 def _resume(self: Trainer, resume: str):
     if resume == 'auto':
         path, s = newest_valid_checkpoint(self.run_dir, self.log)
         if path is None: self.log(f'resume auto: no checkpoint in {self.run_dir}, starting from scratch'); return
     else: path, s = Path(resume), load_checkpoint(resume, map_location='cpu')
-    self._compare_config(path, s['config'])
+    changed = resume_changes(s['config'], self.cfg.to_dict(), path)
+    if changed: self.log(f'resume: settings changed since the checkpoint: {changed}')
     if (s['disc'] is None) != (self.disc is None):
         raise ValueError(f'{path}: checkpoint and config disagree on the discriminator (loss.recipe)')
     self.model.load_state_dict(s['model'])
@@ -322,10 +314,6 @@ def _resume_hint(self: Trainer) -> str:
 def _reconstructions(self: Trainer, tag: str) -> float:
     d = self.run_dir / 'reconstructions' / tag
     return write_reconstructions(self.eval_model(), self.valid_clips, d, self.cfg.logging.recon_clips, self.cfg.data.batch_size)
-
-@patch
-def _log_media(self: Trainer, x: Tensor, logger: Logger):
-    log_media(self.eval_model(), x[0], logger, self.step)
 
 @patch
 def fit(self: Trainer) -> int:
@@ -387,7 +375,7 @@ def _fit(self: Trainer) -> int:
                           ) if self.is_main else None
                 t_data = t_total = 0.0; n_steps = 0; t_win = time.perf_counter()
             if self.is_main and L.audio_every and self.step % L.audio_every == 0 and L.logger != 'none':
-                self._log_media(xs[0], logger)
+                log_media(self.eval_model(), xs[0][0], logger, self.step)
             if self.is_main and ((L.valid_every and self.step % L.valid_every == 0) or self.step == cfg.run.max_steps):
                 self._validate_and_log(logger, bar)
             if self.step % cfg.checkpoint.every == 0: self.save()
