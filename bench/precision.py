@@ -23,9 +23,9 @@ def main():
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     from lyracodec.vae import VAE, VAEConfig
-    from lyracodec.codec import encode_audio, decode_latents, compute_dtype, _cpu_has_fast_bf16
+    from lyracodec.codec import encode_audio, decode_latents, compute_dtype
     dev = torch.device(a.device)
-    print(f'device {dev}, {a.threads} threads, {a.seconds} s stereo, fast bf16 on this CPU: {_cpu_has_fast_bf16()}; '
+    print(f"device {dev}, {a.threads} threads, {a.seconds} s stereo; "
           f'auto -> {compute_dtype("auto", dev)}')
     print(f'{"preset":6s} {"prec":5s} {"encode s":>9s} {"decode s":>9s} {"x real time":>11s} {"latent rel.err":>15s} {"audio rel.err":>14s}')
     for preset in a.presets:

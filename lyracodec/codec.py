@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['CHUNK_FRAMES', 'OVERLAP_FRAMES', 'PRECISIONS', 'LATENT_DTYPES', 'LYRA_FORMAT', 'receptive_frames', 'chunk_plan',
-           'fade_in', 'compute_dtype', 'autocast_to', 'iter_encode', 'encode_audio', 'iter_decode', 'decode_latents',
-           'encode_file', 'file_reader', 'model_fingerprint', 'latent_meta', 'save_latents', 'load_latents',
-           'check_compatible', 'encode_main', 'decode_main', 'reconstruct_main']
+           'fade_in', 'iter_chunks', 'compute_dtype', 'autocast_to', 'iter_encode', 'encode_audio', 'iter_decode',
+           'decode_latents', 'encode_file', 'file_reader', 'model_fingerprint', 'latent_meta', 'save_latents',
+           'load_latents', 'check_compatible', 'encode_main', 'decode_main', 'reconstruct_main']
 
 # %% ../nbs/06_codec.ipynb #2c1519e3
 import contextlib
@@ -69,8 +69,11 @@ def fade_in(n: int, # overlap length in output units (frames or samples)
     return ((t - n / 4) / (n / 2)).clamp(0, 1) if n > 0 else t
 
 # %% ../nbs/06_codec.ipynb #903a5b2f
-def _iter_chunks(fn: Callable, # (a, b) -> output `[B, C, (b - a)·unit]`
-                 n_frames: int, unit: int, chunk_frames: int, overlap_frames: int) -> Iterator[Tensor]:
+def iter_chunks(fn: Callable, # (a, b) -> output `[B, C, (b - a)·unit]` for the frames [a, b)
+                n_frames: int, # F, frames in all
+                unit: int, # outputs per frame: 1 for latents, the hop for audio
+                chunk_frames: int, overlap_frames: int,
+               ) -> Iterator[Tensor]: # finished pieces `[B, C, n]`, in order
     "Run `fn` chunk by chunk, crossfade the overlaps, yield finished output pieces in order."
     plan = chunk_plan(n_frames, chunk_frames, overlap_frames)
     pending = None
@@ -134,7 +137,7 @@ def iter_encode(model: VAE, audio: Union[Tensor, Callable], chunk_frames: int=CH
     def fn(a, b):
         x = read(a * hop, min(b * hop, T)).to(dev)  # [B, C, n], read outside autocast (resampling stays float32)
         with autocast_to(dtype, dev): return model.encode(x).float()
-    yield from _iter_chunks(fn, math.ceil(T / hop), 1, chunk_frames, overlap_frames)
+    yield from iter_chunks(fn, math.ceil(T / hop), 1, chunk_frames, overlap_frames)
 
 def encode_audio(model: VAE, # a LyraCodec VAE (put it in eval mode)
                  audio: Tensor, # `[C, T]` or `[B, C, T]` at the model's sample rate
@@ -157,7 +160,7 @@ def iter_decode(model: VAE, z: Tensor, length: Optional[int]=None, chunk_frames:
     def fn(a, b):
         with autocast_to(dtype, dev): return model.decode(z[..., a:b].float().to(dev)).float()
     left = z.shape[-1] * model.hop_length if length is None else int(length)
-    for piece in _iter_chunks(fn, z.shape[-1], model.hop_length, chunk_frames, overlap_frames):
+    for piece in iter_chunks(fn, z.shape[-1], model.hop_length, chunk_frames, overlap_frames):
         if left <= 0: break
         piece = piece[..., :left]
         left -= piece.shape[-1]

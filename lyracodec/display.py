@@ -52,7 +52,7 @@ def plot_mels(clips: dict, # title -> audio (`[T]`, `[C, T]` or `[1, C, T]`)
 # %% ../nbs/02a_display.ipynb #c0680d94
 def player(audio: Tensor, # `[T]`, `[C, T]` or `[1, C, T]`
            sample_rate: int=44100, # Hz of `audio`
-           max_seconds: float=2.0, # longer clips are cut
+           max_seconds: float=1.5, # longer clips are cut
            display_rate: int=22050, # the player's rate
           ):
     "A small mono `IPython.display.Audio` player for a clip, MP3-encoded so that saved notebooks stay small."

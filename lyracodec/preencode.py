@@ -15,7 +15,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import secrets
 import sys
 import time
@@ -34,7 +33,7 @@ import lyracodec
 from .core import (EXPECTED_ERRORS, FolderLock, OutputError, PathLike, atomic_write, cli_parser,
                             os_error_message, remove_stale_temps, run_main)
 from .audio import AUDIO_EXTENSIONS, audio_info, collect_files, resampled_length
-from .codec import (CHUNK_FRAMES, OVERLAP_FRAMES, LATENT_DTYPES, PRECISIONS, _iter_chunks, autocast_to,
+from .codec import (CHUNK_FRAMES, OVERLAP_FRAMES, LATENT_DTYPES, PRECISIONS, iter_chunks, autocast_to,
                              check_compatible, chunk_plan, compute_dtype, decode_latents, file_reader, model_fingerprint)
 from .vae import VAE, load_pretrained
 from .runtime import dist_env, pick_device
@@ -101,7 +100,7 @@ def encode_stream(model: VAE, # in eval mode, on its device
         f = files.pop(key)
         outs = (f['out'].pop(k)[None] for k in range(f['n']))  # [1, D or 2D, b - a], released as used
         z, at = torch.empty(f['out'][0].shape[0], f['rec']['frames']), 0  # [D or 2D, F]
-        for piece in _iter_chunks(lambda a, b: next(outs), f['rec']['frames'], 1, chunk_frames, overlap_frames):
+        for piece in iter_chunks(lambda a, b: next(outs), f['rec']['frames'], 1, chunk_frames, overlap_frames):
             z[:, at:at + piece.shape[-1]] = piece[0]
             at += piece.shape[-1]
         if sample:
