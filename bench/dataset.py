@@ -13,13 +13,13 @@ import torch
 import torchaudio
 
 from lyracodec.dataset import VocalDataset, AugmentConfig, audio_loader
-from lyracodec.demo_corpus import _demo_clip
+from lyracodec.demo_corpus import demo_clip
 from lyracodec.vae import VAE, VAEConfig
 
 def write_long_files(d: Path, sr: int, n: int, minutes: float):
     "`n` stereo 16-bit WAVs of `minutes` each: demo-corpus clips repeated with random gains (so crops are audible)."
     d.mkdir(parents=True, exist_ok=True)
-    clips = [_demo_clip(i, 0, 5.0, sr) for i in range(4)]
+    clips = [demo_clip(i, 0, 5.0, sr) for i in range(4)]
     rng = np.random.default_rng(0)
     for k in range(n):
         with sf.SoundFile(d / f'long_{k}.wav', 'w', sr, 2, subtype='PCM_16') as f:

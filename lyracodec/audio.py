@@ -9,6 +9,8 @@ __all__ = ['AUDIO_EXTENSIONS', 'WRITE_FORMATS', 'AudioLoadError', 'load_audio', 
 # %% ../nbs/03a_audio.ipynb #e41f458c
 import errno
 import math
+import re
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Sequence, Union
@@ -106,6 +108,10 @@ def audio_info(path: PathLike, # audio file (wav, flac, ogg, mp3)
         raise AudioLoadError(f'{p}: cannot read audio ({msg})') from None
     if info.frames < 1 or info.samplerate < 1 or info.channels < 1:
         raise AudioLoadError(f'{p}: the file holds no audio samples')
+    cut = re.search(r'^data : (\d+) \(should be (\d+)\)', info.extra_info or '', re.M)  # libsndfile's own note
+    if cut and int(cut.group(2)) < int(cut.group(1)):
+        warnings.warn(f'{p}: truncated: its header announces {int(cut.group(1)):,} bytes of audio, the file holds '
+                      f'{int(cut.group(2)):,}; only the {info.frames / info.samplerate:.2f} s present are used', UserWarning)
     return dict(sample_rate=int(info.samplerate), channels=int(info.channels), frames=int(info.frames))
 
 def read_audio(path: PathLike, # audio file (wav, flac, ogg, mp3)

@@ -15,6 +15,7 @@ import json
 import math
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
@@ -193,8 +194,14 @@ def file_reader(path: PathLike, # audio file
                 sample_rate: int, # rate of the returned audio
                ) -> Callable: # `(start, stop) -> [2, stop - start]` float32, finite
     "A reader of spans of `path` at `sample_rate` (for `iter_encode`); NaN or infinite samples are an error naming the file."
+    warned = []
     def read(s: int, e: int) -> Tensor:
-        x = load_audio(path, sample_rate, start=s, frames=e - s)  # [2, e - s]
+        x = load_audio(path, sample_rate, start=s, frames=e - s)  # [2, e - s], fewer if the data ends early
+        if x.shape[-1] < e - s:  # the header promised more than the file holds: a truncated file
+            if not warned: warned.append(warnings.warn(f'{path}: truncated: its header promises more audio than it '
+                                                       f'holds (the data ends near {(s + x.shape[-1]) / sample_rate:.2f} s); '
+                                                       'the rest is encoded as silence', UserWarning))
+            x = torch.nn.functional.pad(x, (0, e - s - x.shape[-1]))
         if not torch.isfinite(x).all():
             raise ValueError(f'{path}: holds NaN or infinite samples (near {s / sample_rate:.2f} s); '
                              'repair or remove the file')
@@ -334,7 +341,10 @@ def _cli(prog: str, description: str, extensions: Sequence[str], out_suffix: str
         try:
             check_output(dst, a.overwrite, inputs)
             dst.parent.mkdir(parents=True, exist_ok=True)
-            work(model, src, dst, a)
+            with warnings.catch_warnings(record=True) as caught:  # each warning as one line, like the errors
+                warnings.simplefilter('always')
+                work(model, src, dst, a)
+            for w in caught: tqdm.write(f'{prog}: warning: {" ".join(str(w.message).split())}', file=sys.stderr)
             ok += 1
         except EXPECTED_ERRORS as e:
             if dst.parent != out_dir and dst.parent.is_dir() and not any(dst.parent.iterdir()): dst.parent.rmdir()

@@ -223,6 +223,7 @@ def eval_main(argv=None) -> int:
         print(format_table(table))
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=EVAL_COLUMNS); w.writeheader(); w.writerows(table)
-        atomic_write(out, lambda tmp: Path(tmp).write_text(buf.getvalue()))
+        try: atomic_write(out, lambda tmp: Path(tmp).write_text(buf.getvalue()))
+        except OSError as e: err(os_error_message(e, out)); return 1
     print(f'lyracodec_eval: {len(rows)} pair(s) evaluated, {len(errors)} failed' + (f' -> {out}' if rows else ''), file=sys.stderr)
     return 1 if errors or not rows else 0

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from helpers import ROOT, run_cli
 from lyracodec.dataset import VocalDataset, AugmentConfig, AudioFileWarning, split_of, rms_db, audio_loader
 from lyracodec.audio import load_audio
-from lyracodec.demo_corpus import make_demo_corpus, DEMO_MANIFEST, _demo_clip
+from lyracodec.demo_corpus import make_demo_corpus, DEMO_MANIFEST, demo_clip
 
 SR, L = 44100, 8192
 
@@ -239,7 +239,7 @@ def test_demo_corpus_uses_every_format_and_clip_lengths(tmp_path):
     assert sf.info(str(a / next(f['path'] for f in files if f['path'].endswith('.mp3')))).samplerate == 48000
 
 def test_demo_clips_are_deterministic_by_seed():
-    x, y, z = _demo_clip(0, 0, 3.0, SR), _demo_clip(0, 0, 3.0, SR), _demo_clip(0, 1, 3.0, SR)
+    x, y, z = demo_clip(0, 0, 3.0, SR), demo_clip(0, 0, 3.0, SR), demo_clip(0, 1, 3.0, SR)
     assert x.shape == (3 * SR, 2) and np.array_equal(x, y) and not np.array_equal(x, z)
     assert 0.3 < np.abs(x).max() < 1 and not np.array_equal(x[:, 0], x[:, 1])  # stereo placement / reverb
 

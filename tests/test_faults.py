@@ -188,3 +188,19 @@ def test_disk_full_on_a_real_small_filesystem(tmp_path, model_dir, capsys):
         one_error_line(capsys.readouterr().err, 'song.wav: disk full')
         assert list(small.iterdir()) == []
     finally: subprocess.run(['umount', str(small)])
+
+def test_truncated_wav_is_encoded_with_one_warning_line(tmp_path, model_dir, capsys):
+    song = wav(tmp_path / 'song.wav', 1.0)
+    raw = song.read_bytes(); song.write_bytes(raw[: len(raw) // 2])
+    assert encode_main(['--model', str(model_dir), '-o', str(tmp_path / 'o'), str(song), '-q']) == 0
+    err = capsys.readouterr().err
+    warn = [l for l in err.splitlines() if 'warning' in l]
+    assert len(warn) == 1 and 'song.wav: truncated' in warn[0], err
+
+def test_eval_disk_full_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno, lyracodec.metrics as M
+    ref = wav(tmp_path / 'ref.wav', 1.0)
+    def full(path, fn): raise OSError(errno.ENOSPC, 'No space left on device', str(path))
+    monkeypatch.setattr(M, 'atomic_write', full)
+    assert eval_main([str(ref), str(ref), '--csv', str(tmp_path / 'm.csv'), '-q']) == 1
+    one_error_line(capsys.readouterr().err, 'm.csv: disk full')
