@@ -15,7 +15,6 @@ Data: the demo corpus (`lyracodec.demo_corpus.make_demo_corpus` + `VocalDataset`
 """
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
