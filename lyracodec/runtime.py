@@ -4,11 +4,12 @@
 
 # %% auto #0
 __all__ = ['ResumableSampler', 'ignore_sigint', 'dist_env', 'pick_device', 'amp_dtype', 'Logger', 'write_reconstructions',
-           'seed_everything', 'threading_main', 'log_media', 'compile_blocks']
+           'seed_everything', 'threading_main', 'log_media', 'compile_blocks', 'validation_figures', 'report_step']
 
 # %% ../nbs/05c_runtime.ipynb #4968db81
 import os
 import random
+from collections import defaultdict
 import signal
 import threading
 from pathlib import Path
@@ -24,7 +25,7 @@ from .train_config import WANDB_MODES
 from .audio import write_audio
 from .vae import VAE
 from .blocks import EncoderBlock, DecoderBlock
-from .metrics import mrstft_distance
+from .metrics import si_sdr, mel_distance, mrstft_distance
 from .display import plot_mels
 
 # %% ../nbs/05c_runtime.ipynb #01648a11
@@ -154,3 +155,47 @@ def compile_blocks(model: nn.Module, # a `VAE` (or anything holding encoder and 
     for m in model.modules():
         if isinstance(m, (EncoderBlock, DecoderBlock)): m.compile(**kwargs)
     return model
+
+# %% ../nbs/05c_runtime.ipynb #73a20368
+@torch.no_grad()
+def validation_figures(model: VAE, # evaluated in eval mode, restored after
+                       clips: Tensor, # held-out crops `[N, C, T]`
+                       loss_fn, # the trainer's `ReconstructionLoss`
+                       step: int, # for the KL schedule
+                       batch_size: int=8,
+                      ) -> dict: # 'valid/total', 'valid/<term>', 'valid/si_sdr', 'valid/mel', 'valid/mrstft'
+    "Losses, SI-SDR (dB), mel and MR-STFT distances of `model` on `clips`."
+    was = model.training; model.eval()
+    dev = next(model.parameters()).device
+    out = defaultdict(float)
+    with torch.random.fork_rng(devices=[]):
+        for x in clips.split(batch_size):
+            x = x.to(dev)
+            mu, logvar = model.posterior(x)
+            y = model.decode(mu, x.shape[-1]).float()
+            loss, parts = loss_fn(x, y, mu, logvar, step, model.kl)
+            w = len(x) / len(clips)
+            for k, v in parts.items(): out[f'valid/{k}'] += float(v) * w
+            out['valid/total'] += float(loss) * w
+            out['valid/si_sdr'] += float(si_sdr(x, y).mean()) * w
+            out['valid/mel'] += float(mel_distance(x, y, model.sample_rate)) * w
+            out['valid/mrstft'] += float(mrstft_distance(x, y)) * w
+    model.train(was)
+    return dict(out)
+
+def report_step(logger: Logger, bar, # the progress bar (None: no console line, e.g. on ranks other than 0)
+                step: int, logs: dict, # the step's logs (device tensors or numbers)
+                steps_per_s: float, audio_s_per_s: float, data_wait: float, # of the window since the last report
+                skipped: int, # non-finite steps so far
+               ) -> dict: # the logs as numbers
+    "Send a step's logs to the logger and print the console line (reading device values once)."
+    logs = {k: float(v) for k, v in logs.items()}
+    extra = {'perf/steps_per_s': steps_per_s, 'perf/audio_s_per_s': audio_s_per_s, 'perf/data_wait_share': data_wait,
+             'skipped_total': skipped}
+    logger.scalars({**{f'train/{k}': v for k, v in logs.items()}, **extra}, step)
+    if bar is not None:
+        parts = ' '.join(f'{k} {v:.4g}' for k, v in logs.items() if k not in ('lr', 'grad_norm', 'skipped', 'total', 'kl_weight', 'recon'))
+        bar.set_postfix(loss=f'{logs["total"]:.4f}', refresh=False)
+        bar.write(f'step {step:>7d}  loss {logs["total"]:.4f}  ({parts})  lr {logs["lr"]:.2e}  |g| {logs["grad_norm"]:.3g}  '
+                  f'{steps_per_s:.2f} steps/s  data wait {100 * data_wait:.1f}%')
+    return logs

@@ -28,12 +28,12 @@ from .vae import VAE, save_pretrained
 from .losses import ReconstructionLoss, MultiScaleSTFTDiscriminator, discriminator_loss, generator_adversarial_loss
 from .dataset import VocalDataset, AugmentConfig, audio_loader
 from .demo_corpus import make_demo_corpus
-from .metrics import si_sdr, mel_distance, mrstft_distance
 from .train_config import TrainConfig, load_config, save_config, lr_factor, resume_changes
 from .checkpoint import (EMA, rng_state, set_rng_state, save_checkpoint, load_checkpoint, link_latest,
                                   newest_valid_checkpoint, replica_digests, CKPT_FORMAT)
 from .runtime import (ResumableSampler, ignore_sigint, dist_env, pick_device, amp_dtype, Logger, log_media,
-                               write_reconstructions, seed_everything, threading_main, compile_blocks)
+                               write_reconstructions, seed_everything, threading_main, compile_blocks, report_step,
+                               validation_figures)
 
 # %% ../nbs/05_trainer.ipynb #715ecbad
 class StopTraining(Exception):
@@ -205,24 +205,7 @@ def train_step(self: Trainer, batches: Sequence[Tensor]) -> dict:
 @torch.no_grad()
 def validate(self: Trainer) -> dict:
     "Losses, SI-SDR (dB), mel and MR-STFT distances of the EMA model on the fixed held-out crops."
-    model = self.ema.model if self.ema is not None else self.model
-    was = model.training; model.eval()
-    out = defaultdict(float)
-    chunks = self.valid_clips.split(self.cfg.data.batch_size)
-    with torch.random.fork_rng(devices=[]):
-        for x in chunks:
-            x = x.to(self.device)
-            mu, logvar = model.posterior(x)
-            y = model.decode(mu, x.shape[-1]).float()
-            loss, parts = self.loss_fn(x, y, mu, logvar, self.step, model.kl)
-            w = len(x) / len(self.valid_clips)
-            for k, v in parts.items(): out[f'valid/{k}'] += float(v) * w
-            out['valid/total'] += float(loss) * w
-            out['valid/si_sdr'] += float(si_sdr(x, y).mean()) * w
-            out['valid/mel'] += float(mel_distance(x, y, model.sample_rate)) * w
-            out['valid/mrstft'] += float(mrstft_distance(x, y)) * w
-    model.train(was)
-    return dict(out)
+    return validation_figures(self.eval_model(), self.valid_clips, self.loss_fn, self.step, self.cfg.data.batch_size)
 
 @patch
 def eval_model(self: Trainer) -> VAE:
@@ -361,18 +344,10 @@ def _fit(self: Trainer) -> int:
                                    + self._resume_hint())
             if self.step % L.every == 0 or self.step == cfg.run.max_steps:
                 self._flush_history()
-                logs = {k: float(v) for k, v in logs.items()}  # read the device only here
-                bar.set_postfix(loss=f'{logs["total"]:.4f}', refresh=False)
-                now = time.perf_counter()
-                sps = n_steps / max(now - t_win, 1e-9)
-                seconds_audio = sps * cfg.data.batch_size * cfg.optim.accum_steps * self.world * cfg.data.target_length / cfg.data.sample_rate
-                extra = {'perf/steps_per_s': sps, 'perf/audio_s_per_s': seconds_audio,
-                         'perf/data_wait_share': t_data / max(t_total, 1e-9), 'skipped_total': self.skipped}
-                logger.scalars({**{f'train/{k}': v for k, v in logs.items()}, **extra}, self.step)
-                parts = ' '.join(f'{k} {v:.4g}' for k, v in logs.items() if k not in ('lr', 'grad_norm', 'skipped', 'total', 'kl_weight', 'recon'))
-                bar.write(f'step {self.step:>7d}  loss {logs["total"]:.4f}  ({parts})  lr {logs["lr"]:.2e}  '
-                          f'|g| {logs["grad_norm"]:.3g}  {sps:.2f} steps/s  data wait {100 * t_data / max(t_total, 1e-9):.1f}%'
-                          ) if self.is_main else None
+                sps = n_steps / max(time.perf_counter() - t_win, 1e-9)
+                audio_s = sps * cfg.data.batch_size * cfg.optim.accum_steps * self.world * cfg.data.target_length / cfg.data.sample_rate
+                report_step(logger, bar if self.is_main else None, self.step, logs, sps, audio_s,
+                            t_data / max(t_total, 1e-9), self.skipped)
                 t_data = t_total = 0.0; n_steps = 0; t_win = time.perf_counter()
             if self.is_main and L.audio_every and self.step % L.audio_every == 0 and L.logger != 'none':
                 log_media(self.eval_model(), xs[0][0], logger, self.step)
