@@ -5,8 +5,7 @@
 # %% auto #0
 __all__ = ['PREENCODE_FORMAT', 'SHARD_DIR', 'INDEX_NAME', 'META_NAME', 'STATS_NAME', 'SKIPPED_NAME', 'PROG', 'SETTINGS',
            'file_sha256', 'ChunkWindows', 'encode_stream', 'item_moments', 'merge_moments', 'ShardWriter',
-           'read_shard_items', 'prepare_out_dir', 'scan_shards', 'split_shares', 'merge_outputs', 'main',
-           'LatentDataset', 'decode_index_item']
+           'read_shard_items', 'prepare_out_dir', 'scan_shards', 'split_shares', 'merge_outputs', 'main']
 
 # %% ../nbs/10_preencode.ipynb #f4f4b768
 import contextlib
@@ -21,20 +20,20 @@ import time
 from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Union
+from typing import Iterable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 import lyracodec
 from .core import (EXPECTED_ERRORS, FolderLock, OutputError, PathLike, atomic_write, cli_parser,
                             os_error_message, remove_stale_temps, run_main)
 from .audio import AUDIO_EXTENSIONS, audio_info, collect_files, resampled_length
 from .codec import (CHUNK_FRAMES, OVERLAP_FRAMES, LATENT_DTYPES, PRECISIONS, iter_chunks, autocast_to,
-                             check_compatible, chunk_plan, compute_dtype, decode_latents, file_reader, model_fingerprint)
+                             chunk_plan, compute_dtype, file_reader, model_fingerprint)
 from .vae import VAE, load_pretrained
 from .runtime import dist_env, pick_device
 
@@ -432,62 +431,3 @@ def main(argv=None) -> int:
     try: return run_main(PROG, lambda: _run(a, world, rank, local_rank), path=a.out_dir)
     finally:
         if own: dist.destroy_process_group()
-
-# %% ../nbs/10_preencode.ipynb #9d0ba09c
-class LatentDataset(Dataset):
-    "Latent crops `[D, frames]` from a pre-encoded folder, read lazily from its shards."
-    def __init__(self, out_dir: PathLike, # a folder written by `lyracodec_preencode`
-                 frames: Optional[int]=None, # crop length in latent frames; None: whole files
-                 random_crop: bool=True, # random crops (training) or the middle one (validation)
-                 normalize: Optional[str]=None, # None, 'channel' or 'global', by `stats.json`
-                ):
-        self.root, self.frames, self.random_crop = Path(out_dir), frames, random_crop
-        p = self.root / INDEX_NAME
-        if not p.is_file(): raise FileNotFoundError(f'{p}: no such file (run {PROG} to the end first)')
-        items = [json.loads(l) for l in p.read_text().splitlines() if l.strip()]
-        self.items = [r for r in items if frames is None or r['frames'] >= frames]
-        self.dropped, self.shift, self.scale = len(items) - len(self.items), 0.0, 1.0
-        if normalize is not None:
-            s = json.loads((self.root / STATS_NAME).read_text())
-            if normalize == 'channel': self.shift, self.scale = torch.tensor(s['mean'])[:, None], torch.tensor(s['std'])[:, None]
-            elif normalize == 'global': self.shift, self.scale = s['global_mean'], s['global_std']
-            else: raise ValueError(f"normalize must be None, 'channel' or 'global', got {normalize!r}")
-        self._open, self._pid = {}, None
-
-    def __len__(self) -> int: return len(self.items)
-    def __getstate__(self): return {**self.__dict__, '_open': {}, '_pid': None}  # handles stay in their process
-
-    def read(self, i: int, start: int=0, frames: Optional[int]=None) -> Tensor:
-        "Latents `[D, frames]` float32 of item `i` from frame `start` (to its end by default), not normalised."
-        from safetensors import safe_open
-        if self._pid != os.getpid(): self._open, self._pid = {}, os.getpid()
-        r = self.items[i]
-        if r['shard'] not in self._open: self._open[r['shard']] = safe_open(str(self.root / r['shard']), framework='pt')
-        a = r['offset'] + start
-        return self._open[r['shard']].get_slice('latents')[:, a: a + (r['frames'] - start if frames is None else frames)].float()
-
-    def __getitem__(self, i: int) -> Tensor:
-        n = self.items[i]['frames']
-        if self.frames is None: z = self.read(i)
-        else:
-            room = n - self.frames
-            z = self.read(i, int(torch.randint(room + 1, ())) if self.random_crop else room // 2, self.frames)
-        return (z - self.shift) / self.scale
-
-    def denormalize(self, z: Tensor) -> Tensor:
-        "Undo the normalisation: `z · scale + shift`."
-        return z * self.scale + self.shift
-
-def decode_index_item(model: VAE, # the model that encoded the folder
-                      out_dir: PathLike, # a folder written by `lyracodec_preencode`
-                      item: Union[int, str], # position in the index, or the file's path relative to AUDIO_DIR
-                      dtype: Optional[torch.dtype]=None, # autocast dtype (`compute_dtype`); None = full precision
-                     ) -> Tensor: # audio `[C, samples]` at the model's rate
-    "Decode one indexed file back to audio, to listen to what the latents hold."
-    meta = json.loads(Path(out_dir, META_NAME).read_text())
-    check_compatible(model, meta, out_dir)
-    ds = LatentDataset(out_dir)
-    i = item if isinstance(item, int) else next((j for j, r in enumerate(ds.items) if r['path'] == item), None)
-    if i is None: raise KeyError(f'{item!r} is not in {Path(out_dir, INDEX_NAME)}')
-    r = ds.items[i]
-    return decode_latents(model, ds.read(i)[None], r['samples'], meta['chunk_frames'], meta['overlap_frames'], dtype)[0]

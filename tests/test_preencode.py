@@ -10,7 +10,8 @@ import torch
 from helpers import ROOT
 from lyracodec.vae import VAE, VAEConfig, save_pretrained
 from lyracodec.codec import encode_file
-from lyracodec.preencode import (main, LatentDataset, decode_index_item, file_sha256, INDEX_NAME, SKIPPED_NAME,
+from lyracodec.latents import LatentDataset, decode_index_item
+from lyracodec.preencode import (main, file_sha256, INDEX_NAME, SKIPPED_NAME,
                                  STATS_NAME, META_NAME, SHARD_DIR)
 
 SR = 44100
