@@ -204,3 +204,26 @@ def test_eval_disk_full_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(M, 'atomic_write', full)
     assert eval_main([str(ref), str(ref), '--csv', str(tmp_path / 'm.csv'), '-q']) == 1
     one_error_line(capsys.readouterr().err, 'm.csv: disk full')
+
+def test_more_one_line_errors(tmp_path, capsys):
+    "Binary YAML, --csv onto a folder, --sample-rate 0, and a pickled training checkpoint: each one line, no advice to unpickle."
+    (tmp_path / 'bin.yaml').write_bytes(bytes(range(256)))
+    assert T.main([str(tmp_path / 'bin.yaml'), str(tmp_path)]) == 2
+    one_error_line(capsys.readouterr().err, 'bin.yaml')
+    ref = wav(tmp_path / 'ref.wav', 0.5)
+    assert eval_main([str(ref), str(ref), '--csv', str(tmp_path), '-q']) == 2
+    one_error_line(capsys.readouterr().err, 'is a folder')
+    assert eval_main([str(ref), str(ref), '--csv', str(tmp_path / 'm.csv'), '--sample-rate', '0', '-q']) == 2
+    one_error_line(capsys.readouterr().err, '--sample-rate')
+    import argparse
+    torch.save({'format': CKPT_FORMAT, 'args': argparse.Namespace(lr=1)}, tmp_path / 'pickled.pt')
+    with pytest.raises(ValueError, match='arbitrary unpickling, which is refused') as e: load_checkpoint(tmp_path / 'pickled.pt')
+    assert 'weights_only=False' not in str(e.value)
+
+def test_trainer_disk_full_is_one_line(corpus, tmp_path, capsys, monkeypatch):
+    import errno, lyracodec.checkpoint as C
+    def full(path, fn): raise OSError(errno.ENOSPC, 'No space left on device', str(path))
+    monkeypatch.setattr(C, 'atomic_write', full)
+    args = ['demo', str(corpus), '--out', str(tmp_path / 'run')] + [a for o in BASE + ['run.max_steps=2', 'checkpoint.every=2'] for a in ('--set', o)]
+    assert T.main(args) == 2
+    one_error_line(capsys.readouterr().err, 'step_0000002.pt: disk full')
