@@ -215,8 +215,11 @@ class VocalDataset(torch.utils.data.Dataset):
         raise ValueError(f'{self.root}: no audible audio in the {self.split!r} split: all {len(self.files)} file(s) '
                          f'are quieter than {self.silence_db} dBFS RMS in every {self.target_length}-sample window')
 
-    def __getitem__(self, i: int) -> Tensor:
-        "Crop `i`: `[2, target_length]` float32, peak-normalised (and augmented when training)."
+    epoch_keys = True  # `ds[epoch, i]` is accepted: the trainer's stream reads ahead across epoch boundaries
+
+    def __getitem__(self, key) -> Tensor:
+        "Crop `key` (an index, or `(epoch, index)`): `[2, target_length]` float32, peak-normalised (augmented when training)."
+        epoch, i = key if isinstance(key, tuple) else (None, key)
         if not -len(self) <= i < len(self): raise IndexError(f'index {i} out of range for {len(self)} items')
         i = int(i) % len(self)
         fi = int(np.searchsorted(self._cum, i, side='right'))
@@ -225,8 +228,9 @@ class VocalDataset(torch.utils.data.Dataset):
             rng = np.random.default_rng([0x5EED, i])
             start = (i - (int(self._cum[fi - 1]) if fi else 0)) * self.target_length
         else:
-            k = int(self._seen[i]); self._seen[i] = k + 1
-            rng = np.random.default_rng([self.seed, self.epoch, i, k])
+            if epoch is None: k = int(self._seen[i]); self._seen[i] = k + 1; epoch = self.epoch
+            else: k = 0  # an explicit epoch names the draw: the same key, the same crop
+            rng = np.random.default_rng([self.seed, int(epoch), i, k])
         aug = None if valid else self.augment
         percent = 100
         if aug is not None and aug.p_speed > 0 and rng.random() < aug.p_speed:

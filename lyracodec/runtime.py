@@ -30,10 +30,29 @@ from .display import plot_mels
 
 # %% ../nbs/05c_runtime.ipynb #01648a11
 class ResumableSampler(DistributedSampler):
-    "A `DistributedSampler` that skips the first `start` indices of the epoch (to resume mid-epoch)."
-    start: int = 0
-    def __iter__(self): return iter(list(super().__iter__())[self.start:])
-    def __len__(self) -> int: return max(0, super().__len__() - self.start)
+    "This rank's share of every epoch, endlessly, from batch `position` of `epoch`: whole batches, `(epoch, i)` keys."
+    def __init__(self, dataset, # a Dataset; `(epoch, i)` keys when it has `epoch_keys` (like `VocalDataset`), else `i`
+                 batch_size: int, num_replicas: int=1, rank: int=0, seed: int=0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.batch_size, self.position = batch_size, 0
+        self.epoch_keys = bool(getattr(dataset, 'epoch_keys', False))
+        if self.batches_per_epoch < 1:
+            raise ValueError(f'{len(dataset)} items for {num_replicas} process(es) make no batch of {batch_size}')
+
+    @property
+    def batches_per_epoch(self) -> int: return self.num_samples // self.batch_size
+
+    def epoch_indices(self, epoch: int) -> list:
+        "This rank's indices of `epoch`, cut to whole batches (the same on every call)."
+        e, self.epoch = self.epoch, epoch
+        try: return list(super().__iter__())[:self.batches_per_epoch * self.batch_size]
+        finally: self.epoch = e
+
+    def __iter__(self):
+        e, skip = self.epoch, self.position * self.batch_size
+        while True:  # never drains: the DataLoader's workers read on into the next epoch
+            for i in self.epoch_indices(e)[skip:]: yield (e, i) if self.epoch_keys else i
+            e, skip = e + 1, 0
 
 def ignore_sigint(_worker_id: int):
     "DataLoader workers leave Ctrl-C to the main process, which saves a checkpoint."

@@ -42,12 +42,14 @@ class DataSection(Config):
     valid_ratio: float = 0.1 # share of files held out (the seed's 90/10 split)
     batch_size: int = 8 # per process
     num_workers: int = 4 # DataLoader workers per process
+    prefetch_factor: int = 2 # batches each worker reads ahead (torch's default)
     augment: bool = True # gain, polarity and channel-swap augmentation of training crops
     silence_db: float = -40.0 # crops quieter than this are redrawn
     def check(self):
         for k in ('sample_rate', 'target_length', 'batch_size'): need(getattr(self, k) >= 1, k, 'must be >= 1')
         need(self.valid_length is None or self.valid_length >= 1, 'valid_length', 'must be >= 1 or null')
         need(self.num_workers >= 0, 'num_workers', 'must be >= 0')
+        need(self.prefetch_factor >= 1, 'prefetch_factor', 'must be >= 1')
         need(0 < self.valid_ratio < 1, 'valid_ratio', f'must be in (0, 1), got {self.valid_ratio}')
 
 @dataclass

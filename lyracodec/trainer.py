@@ -111,27 +111,28 @@ def _setup_data(self: Trainer, train_ds, valid_ds):
         raise ValueError(f'{c.root or "training data"}: {len(train_ds)} training items, fewer than '
                          f'data.batch_size × processes = {per_step}')
     if len(valid_ds) < 1: raise ValueError(f'{c.root or "validation data"}: no validation items')
-    self.sampler = ResumableSampler(train_ds, num_replicas=self.world, rank=self.rank, shuffle=True,
-                                    seed=self.cfg.run.seed, drop_last=True)
+    self.sampler = ResumableSampler(train_ds, c.batch_size, num_replicas=self.world, rank=self.rank, seed=self.cfg.run.seed)
     self.loader_gen = torch.Generator()
     self.loader = audio_loader(train_ds, c.batch_size, c.num_workers, drop_last=True, sampler=self.sampler,
                                generator=self.loader_gen, pin_memory=self.device.type == 'cuda',
-                               worker_init_fn=ignore_sigint if c.num_workers else None)
+                               worker_init_fn=ignore_sigint if c.num_workers else None, prefetch_factor=c.prefetch_factor)
     n = min(self.cfg.logging.valid_clips, len(valid_ds))
     self.valid_clips = torch.stack([valid_ds[i] for i in range(n)])  # [N, C, T] fixed held-out crops
 
 @patch
 def micro_batches(self: Trainer):
     "Endless stream of training batches `[B, C, T]`, tracking epoch and position for exact resume."
-    while True:
-        self.sampler.set_epoch(self.epoch)
-        self.sampler.start = self.position * self.cfg.data.batch_size
-        if hasattr(self.train_ds, 'set_epoch'): self.train_ds.set_epoch(self.epoch)
-        self.loader_gen.manual_seed(self.cfg.run.seed * 100003 + self.epoch)
-        for x in self.loader:
-            self.position += 1
-            yield x
-        self.epoch, self.position = self.epoch + 1, 0
+    per_epoch = self.sampler.batches_per_epoch
+    self.epoch, self.position = self.epoch + self.position // per_epoch, self.position % per_epoch  # saved at an epoch's end
+    self.sampler.set_epoch(self.epoch); self.sampler.position = self.position
+    if hasattr(self.train_ds, 'set_epoch'): self.train_ds.set_epoch(self.epoch)  # the epoch of a dataset without epoch keys
+    self.loader_gen.manual_seed(self.cfg.run.seed * 100003 + self.epoch)
+    for x in self.loader:  # one pass of an endless sampler: no drain and restart at epoch boundaries
+        self.position += 1
+        if self.position == per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+            if not self.sampler.epoch_keys and hasattr(self.train_ds, 'set_epoch'): self.train_ds.set_epoch(self.epoch)
+        yield x
 
 # %% ../nbs/05_trainer.ipynb #c4071c32
 @patch

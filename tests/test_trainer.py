@@ -168,3 +168,25 @@ def test_run_compile_is_regional(corpus, tmp_path, monkeypatch):
     blocks = [m for m in tr.model.modules() if isinstance(m, (EncoderBlock, DecoderBlock))]
     assert len(blocks) == 10 and all(m._compiled_call_impl is not None for m in blocks)
     assert tr.fit() == 0 and tr.skipped == 0
+
+def test_stream_runs_across_epochs_and_resumes_anywhere(corpus, tmp_path):
+    """The loader is iterated once for three epochs (workers read on), and a stream restarted at any (epoch, batch) —
+    mid-epoch, or an old checkpoint's (epoch, end of epoch) — continues with the same batches, bit for bit."""
+    cfg = cfg_of(corpus, 'data.num_workers=1', 'data.prefetch_factor=3')
+    a = T.Trainer(cfg, tmp_path / 'a')
+    per = a.sampler.batches_per_epoch
+    iters = []
+    orig_iter = type(a.sampler).__iter__
+    a.sampler.__class__ = type('Counting', (type(a.sampler),), {'__iter__': lambda s: (iters.append(1), orig_iter(s))[1]})
+    stream = a.micro_batches()
+    batches, states = [], []
+    for _ in range(3 * per + 2):
+        batches.append(next(stream)); states.append((a.epoch, a.position))
+    assert len(iters) == 1, 'the loader was restarted'
+    assert states[per - 1] == (1, 0) and states[-1] == (3, 2)
+    assert not torch.equal(batches[0], batches[per])  # another epoch, other crops
+    for (epoch, position), k in (((1, 3), per + 3), ((0, per), per), ((2, 0), 2 * per)):
+        b = T.Trainer(cfg, tmp_path / f'b{k}')
+        b.epoch, b.position = epoch, position
+        s = b.micro_batches()
+        for j in range(k, k + 4): assert torch.equal(next(s), batches[j]), (epoch, position, j)
