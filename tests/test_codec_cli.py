@@ -7,8 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from helpers import ROOT, run_cli
-from lyracodec.vae import VAE, VAEConfig, save_pretrained
+from helpers import ROOT, run_cli, save_two_tiny_models
 from lyracodec.codec import encode_main, decode_main, reconstruct_main, load_latents
 from lyracodec.metrics import eval_main
 
@@ -24,9 +23,7 @@ def work(tmp_path_factory):
     "A tiny random model, a second model of another config, and a folder of inputs."
     torch.set_num_threads(1)
     d = tmp_path_factory.mktemp('codec')
-    torch.manual_seed(0)
-    save_pretrained(VAE(VAEConfig.preset('tiny')).eval(), d / 'model')
-    save_pretrained(VAE(VAEConfig.preset('tiny', channels=4)).eval(), d / 'other')
+    save_two_tiny_models(d)
     (d / 'in' / 'sub').mkdir(parents=True)
     sf.write(d / 'in' / 'a.wav', _tone(1.0), SR, subtype='PCM_16')
     sf.write(d / 'in' / 'sub' / 'b.flac', _tone(0.7, channels=1, sr=22050), 22050)   # mono at another rate, in a subfolder

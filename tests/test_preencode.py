@@ -7,8 +7,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from helpers import ROOT
-from lyracodec.vae import VAE, VAEConfig, save_pretrained
+from helpers import ROOT, save_two_tiny_models
+from lyracodec.vae import VAE
 from lyracodec.codec import encode_file
 from lyracodec.latents import LatentDataset, decode_index_item
 from lyracodec.preencode import (main, file_sha256, INDEX_NAME, SKIPPED_NAME,
@@ -28,9 +28,7 @@ def work(tmp_path_factory) -> Path:
     "A tiny model, another model, and a corpus of every length and kind, with three faulty files."
     torch.set_num_threads(1)
     d = tmp_path_factory.mktemp('pre')
-    torch.manual_seed(0)
-    save_pretrained(VAE(VAEConfig.preset('tiny')).eval(), d / 'model')
-    save_pretrained(VAE(VAEConfig.preset('tiny', channels=4)).eval(), d / 'other')
+    save_two_tiny_models(d)
     a = d / 'audio'; (a / 'sub').mkdir(parents=True)
     sf.write(a / 'long.wav', noise(9.0), SR, subtype='FLOAT')                    # 194 frames: 8 chunks of 32
     sf.write(a / 'short.wav', noise(0.2, seed=1), SR)                             # 5 frames, padded
