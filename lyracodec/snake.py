@@ -290,12 +290,13 @@ def snake_errors(impl: str, # one of `IMPLS`
                  dtype: torch.dtype=torch.float32, # activations' dtype (parameters stay float32)
                  shape: tuple=(2, 3, 300), # `[B, C, T]`
                  seed: int=0,
+                 device: str='cpu', # where both run, e.g. 'cuda' to check the CUDA paths on a GPU
                 ) -> dict: # relative L2 errors of y, grad x, grad log α, grad log β
     "Relative errors of `snake(..., impl)` against `snake_naive` in float64 on the same inputs."
     g = torch.Generator().manual_seed(seed)
-    x = (torch.randn(shape, generator=g) * 2).to(dtype)
-    la, lb = torch.randn(shape[1], generator=g) * 0.5, torch.randn(shape[1], generator=g) * 0.5
-    gy = torch.randn(shape, generator=g).to(dtype)
+    x = (torch.randn(shape, generator=g) * 2).to(device, dtype)
+    la, lb = (torch.randn(shape[1], generator=g) * 0.5).to(device), (torch.randn(shape[1], generator=g) * 0.5).to(device)
+    gy = torch.randn(shape, generator=g).to(device, dtype)
     def run(fn, x, la, lb, gy):
         x, la, lb = (t.clone().requires_grad_() for t in (x, la, lb))
         y = fn(x, la, lb); y.backward(gy.to(y.dtype))
