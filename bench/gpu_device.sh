@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON the GPU machine (the device tool), after `bash bench/gpu_wheels.sh` here:
 #   run(command="bash bench/gpu_device.sh", carry=[".whl"], timeout_s=330)
-#   run(command="bash bench/gpu_device.sh --only compile trainer_compile", carry=[".whl"], timeout_s=330)   # second call
+#   run(command="bash bench/gpu_device.sh compile_time", carry=[".whl"], timeout_s=330)   # second call: run.compile modes
 # 1. installs the carried wheels (the image lacks soundfile, fastcore, auraloss), 2. checks every Snake path on the
 # device against the float64 reference (seconds), 3. runs bench/gpu.py with the arguments given (default: the sections
 # that need no compile of the whole model; full preset, batch 8 x 65536, bf16), stopping it after $GPU_BENCH_S seconds
@@ -30,5 +30,10 @@ for impl in ('fused', 'triton', 'compiled'):
         print(f'{impl:8s} {str(dt):15s}', {k: f'{v:.1e}' for k, v in e.items()}, 'ok' if max(e.values()) < SNAKE_TOL[dt] else 'TOO FAR')
 PY
 args=("$@"); [ ${#args[@]} -eq 0 ] && args=(--only snake step infer trainer)
-timeout "${GPU_BENCH_S:-270}" python3 bench/gpu.py "${args[@]}" 2>&1 | tee "$OUT/gpu_bench.txt"
-echo "bench/gpu.py exit ${PIPESTATUS[0]} (124: stopped at ${GPU_BENCH_S:-270} s; the rows above it stand)"
+script=bench/gpu.py
+if [ "${args[0]}" = compile_time ]; then  # first step and steady step of each run.compile mode, full preset
+    script=bench/compile_time.py
+    args=(--device "$DEVICE" --preset full --batch 8 --length 65536 --amp bf16 --threads 0 --variants snake blocks model "${args[@]:1}")
+fi
+timeout "${GPU_BENCH_S:-270}" python3 "$script" "${args[@]}" 2>&1 | tee "$OUT/gpu_bench.txt"
+echo "$script exit ${PIPESTATUS[0]} (124: stopped at ${GPU_BENCH_S:-270} s; the rows above it stand)"

@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['ResumableSampler', 'ignore_sigint', 'dist_env', 'pick_device', 'amp_dtype', 'Logger', 'write_reconstructions',
-           'seed_everything', 'threading_main', 'log_media', 'compile_blocks', 'validation_figures', 'report_step']
+           'seed_everything', 'threading_main', 'log_media', 'compile_blocks', 'compile_model', 'validation_figures',
+           'report_step']
 
 # %% ../nbs/05c_runtime.ipynb #4968db81
 import os
@@ -21,10 +22,11 @@ from torch import nn, Tensor
 from torch.utils.data import DistributedSampler
 
 from .core import ConfigError, atomic_write, need
-from .train_config import WANDB_MODES
+from .train_config import WANDB_MODES, COMPILE_MODES
 from .audio import write_audio
 from .vae import VAE
 from .blocks import EncoderBlock, DecoderBlock
+from .snake import Snake, set_snake_impl
 from .metrics import si_sdr, mel_distance, mrstft_distance
 from .display import plot_mels
 
@@ -173,6 +175,17 @@ def compile_blocks(model: nn.Module, # a `VAE` (or anything holding encoder and 
     "Regional compilation: `torch.compile` every `EncoderBlock` and `DecoderBlock` in place."
     for m in model.modules():
         if isinstance(m, (EncoderBlock, DecoderBlock)): m.compile(**kwargs)
+    return model
+
+def compile_model(model: nn.Module, # a `VAE`
+                  mode: str, # one of `COMPILE_MODES`: none, snake, blocks, model
+                  **kwargs, # passed to `torch.compile` (blocks, model)
+                 ) -> nn.Module: # the same model, compiled in place as `mode` says
+    "`run.compile`: Snake's formula alone, each block, or the whole forward pass, compiled in place."
+    need(mode in COMPILE_MODES, 'run.compile', f'must be one of {COMPILE_MODES}, got {mode!r}')
+    if mode == 'snake': set_snake_impl(model, 'compiled')
+    elif mode == 'blocks': compile_blocks(model, **kwargs)
+    elif mode == 'model': model.compile(**kwargs)
     return model
 
 # %% ../nbs/05c_runtime.ipynb #73a20368

@@ -223,8 +223,8 @@ def resolve_impl(impl: str, # one of `IMPLS`
     "The implementation `impl` stands for on `x` ('auto' decides by device, dtype and `torch.compile`)."
     if impl not in IMPLS: raise ValueError(f'Snake impl must be one of {IMPLS}, got {impl!r}')
     if impl != 'auto': return impl
+    if torch.compiler.is_compiling(): return 'compiled'  # inside a compiled region the formula, for Inductor to fuse
     if x.device.type != 'cuda' or x.dtype not in TRITON_DTYPES or triton is None: return 'fused'
-    if torch.compiler.is_compiling(): return 'compiled'
     return CUDA_IMPL
 
 def snake_triton(x: Tensor, log_alpha: Tensor, log_beta: Tensor) -> Tensor:

@@ -32,7 +32,7 @@ from .train_config import TrainConfig, load_config, save_config, lr_factor, resu
 from .checkpoint import (EMA, rng_state, set_rng_state, save_checkpoint, load_checkpoint, link_latest,
                                   newest_valid_checkpoint, replica_digests, CKPT_FORMAT)
 from .runtime import (ResumableSampler, ignore_sigint, dist_env, pick_device, amp_dtype, Logger, log_media,
-                               write_reconstructions, seed_everything, threading_main, compile_blocks, report_step,
+                               write_reconstructions, seed_everything, threading_main, compile_model, report_step,
                                validation_figures)
 
 # %% ../nbs/05_trainer.ipynb #715ecbad
@@ -89,7 +89,7 @@ class Trainer:
         self.fwd = self.model
         if self.world > 1:
             self.fwd = nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
-        if cfg.run.compile: compile_blocks(self.model)  # regional: each block once, not the whole graph
+        compile_model(self.model, cfg.run.compile)  # in place: checkpoints keep their keys
 
 # %% ../nbs/05_trainer.ipynb #ebd35e9f
 @patch

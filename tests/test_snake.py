@@ -82,6 +82,7 @@ def test_auto_dispatch(monkeypatch):
     with pytest.raises(ValueError, match='impl must be one of'): Snake(4, impl='fast')
     monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)  # inside torch.compile: the plain formula
     if S.triton is not None: assert resolve_impl('auto', cuda) == 'compiled'
+    assert resolve_impl('auto', cpu) == 'compiled'  # on the CPU too: Inductor fuses the formula, not the fused backward
     x, la, lb = torch.randn(2, 3, 50), torch.randn(3), torch.randn(3)
     torch.testing.assert_close(S.snake_compiled(x, la, lb), snake_naive(x, la, lb))
 

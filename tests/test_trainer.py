@@ -159,15 +159,18 @@ def test_bf16_autocast_and_accumulation(corpus, tmp_path):
     assert all(v == v for _, v in tr.history['total']) and tr.skipped == 0
     with pytest.raises(T.ConfigError, match=r'run\.amp'): T.Trainer(cfg_of(corpus, 'run.amp=fp16'), tmp_path / 'x')
 
-def test_run_compile_is_regional(corpus, tmp_path, monkeypatch):
-    "run.compile compiles each encoder/decoder block in place; here with dynamo's aot_eager backend (no C++ build)."
+@pytest.mark.parametrize('value', ['true', 'model'])
+def test_run_compile_modes(corpus, tmp_path, monkeypatch, value):
+    """run.compile=true (= blocks) compiles each encoder/decoder block in place, model the whole forward pass (with
+    dynamo's aot_eager backend here: no C++ build); checkpoints keep the uncompiled model's keys."""
     from lyracodec import runtime as R
-    from lyracodec.blocks import EncoderBlock, DecoderBlock
-    monkeypatch.setattr(T, 'compile_blocks', lambda m: R.compile_blocks(m, backend='aot_eager'))
-    tr = T.Trainer(cfg_of(corpus, 'run.compile=true', 'run.max_steps=2', 'checkpoint.every=100'), tmp_path / 'run')
-    blocks = [m for m in tr.model.modules() if isinstance(m, (EncoderBlock, DecoderBlock))]
-    assert len(blocks) == 10 and all(m._compiled_call_impl is not None for m in blocks)
+    monkeypatch.setattr(T, 'compile_model', lambda m, mode: R.compile_model(m, mode, backend='aot_eager'))
+    tr = T.Trainer(cfg_of(corpus, f'run.compile={value}', 'run.max_steps=2', 'checkpoint.every=100'), tmp_path / 'run')
+    compiled = [type(m).__name__ for m in tr.model.modules() if getattr(m, '_compiled_call_impl', None) is not None]
+    assert compiled == (['EncoderBlock'] * 5 + ['DecoderBlock'] * 5 if value == 'true' else ['VAE'])
     assert tr.fit() == 0 and tr.skipped == 0
+    keys = T.load_checkpoint(tmp_path / 'run' / 'last.pt')['model']  # compiled in place: the usual keys
+    assert keys.keys() == T.VAE(tr.model.cfg).state_dict().keys()
 
 def test_stream_runs_across_epochs_and_resumes_anywhere(corpus, tmp_path):
     """The loader is iterated once for three epochs (workers read on), and a stream restarted at any (epoch, batch) —
