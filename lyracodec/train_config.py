@@ -262,6 +262,8 @@ def resume_changes(saved: dict, # the config stored in a checkpoint
                    path: PathLike='checkpoint', # named in the error
                   ) -> str: # 'key old -> new; ...' ('' when nothing changed)
     "The settings changed since a checkpoint was saved; a different model section is an error naming the keys."
+    try: saved = TrainConfig.from_dict(saved).to_dict()  # in today's form: an old `run.compile: false` is `none`
+    except ConfigError: pass  # a key this version no longer knows: compare as saved
     changed = config_diff(saved, current)
     model = [f'{k}: {a!r} in the checkpoint, {b!r} now' for k, a, b in changed if k.startswith('model.')]
     if model: raise ValueError(f'{path}: was saved by another model ({"; ".join(model)}); resume with the same model section')

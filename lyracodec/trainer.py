@@ -125,13 +125,14 @@ def micro_batches(self: Trainer):
     per_epoch = self.sampler.batches_per_epoch
     self.epoch, self.position = self.epoch + self.position // per_epoch, self.position % per_epoch  # saved at an epoch's end
     self.sampler.set_epoch(self.epoch); self.sampler.position = self.position
-    if hasattr(self.train_ds, 'set_epoch'): self.train_ds.set_epoch(self.epoch)  # the epoch of a dataset without epoch keys
+    tell_epoch = not self.sampler.epoch_keys and hasattr(self.train_ds, 'set_epoch')  # keys carry it otherwise
+    if tell_epoch: self.train_ds.set_epoch(self.epoch)
     self.loader_gen.manual_seed(self.cfg.run.seed * 100003 + self.epoch)
     for x in self.loader:  # one pass of an endless sampler: no drain and restart at epoch boundaries
         self.position += 1
         if self.position == per_epoch:
             self.epoch, self.position = self.epoch + 1, 0
-            if not self.sampler.epoch_keys and hasattr(self.train_ds, 'set_epoch'): self.train_ds.set_epoch(self.epoch)
+            if tell_epoch: self.train_ds.set_epoch(self.epoch)
         yield x
 
 # %% ../nbs/05_trainer.ipynb #c4071c32
