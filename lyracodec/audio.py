@@ -9,6 +9,7 @@ __all__ = ['AUDIO_EXTENSIONS', 'WRITE_FORMATS', 'AudioLoadError', 'load_audio', 
 # %% ../nbs/03a_audio.ipynb #e41f458c
 import errno
 import math
+import os
 import re
 import warnings
 from functools import lru_cache
@@ -49,6 +50,11 @@ def _stereo(a: np.ndarray) -> np.ndarray:
     return np.stack([a[0] + rest, a[1] + rest]) / (1 + _W * (C - 2))
 
 # %% ../nbs/03a_audio.ipynb #d50ebd45
+def _sf_cause(e: BaseException) -> str:
+    "libsndfile's reason, without its `Error opening b'...':` prefix (the caller names the file)."
+    msg = (str(e).splitlines() or [type(e).__name__])[0]
+    return re.sub(r'^Error opening (b?(\'.*?\'|".*?")|.*?): ', '', msg) or type(e).__name__
+
 def _read(f: sf.SoundFile, start: int, frames: int) -> np.ndarray:
     "Read `frames` frames (-1: to the end) from `start`, as `[T, C]` float32; fewer at the end of the file."
     start = min(start, f.frames)
@@ -66,7 +72,7 @@ def load_audio(path: PathLike, # any file soundfile reads: wav, flac, ogg, mp3, 
     if start < 0: raise ValueError(f'{path}: start must be >= 0, got {start}')
     if not path.is_file(): raise FileNotFoundError(f'{path}: no such audio file')
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(os.fsencode(path)) as f:  # bytes: any file name, also one that is not UTF-8
             sr = f.samplerate
             if sr == sample_rate:
                 a = _read(f, start, frames).T  # [C, T]
@@ -82,7 +88,7 @@ def load_audio(path: PathLike, # any file soundfile reads: wav, flac, ogg, mp3, 
                 y = _resampler(sr, sample_rate)(torch.from_numpy(raw.copy())).numpy()  # [C, T']
                 a = y[:, start - out0:] if frames < 0 else y[:, start - out0: start - out0 + frames]
     except (sf.SoundFileError, RuntimeError, ValueError, OSError) as e:
-        raise AudioLoadError(f'{path}: cannot read audio: {e}') from None
+        raise AudioLoadError(f'{path}: cannot read audio: {_sf_cause(e)}') from None
     return torch.from_numpy(np.ascontiguousarray(_stereo(a), dtype=np.float32))  # [2, T]
 
 # %% ../nbs/03a_audio.ipynb #19213332
@@ -99,13 +105,16 @@ def audio_info(path: PathLike, # audio file (wav, flac, ogg, mp3)
               ) -> dict: # sample_rate, channels, frames (at the file's rate)
     "What a file's header says; errors name the file (missing, unsupported type, unreadable, empty)."
     p = Path(path)
-    if not p.is_file(): raise FileNotFoundError(f'{p}: no such file')
+    if not p.is_file():
+        if p.is_symlink() and not p.exists():  # say why: a dangling link, or one that loops
+            try: os.stat(p)
+            except OSError as e: raise OSError(e.errno, e.strerror, str(p)) from None
+        raise FileNotFoundError(f'{p}: no such file')
     if p.suffix.lower() not in AUDIO_EXTENSIONS:
         raise ValueError(f'{p}: unsupported audio type {p.suffix!r} (supported: {", ".join(AUDIO_EXTENSIONS)})')
-    try: info = sf.info(str(p))
+    try: info = sf.info(os.fsencode(p))
     except (sf.SoundFileError, RuntimeError, ValueError, OSError, EOFError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise AudioLoadError(f'{p}: cannot read audio ({msg})') from None
+        raise AudioLoadError(f'{p}: cannot read audio ({_sf_cause(e)})') from None
     if info.frames < 1 or info.samplerate < 1 or info.channels < 1:
         raise AudioLoadError(f'{p}: the file holds no audio samples')
     cut = re.search(r'^data : (\d+) \(should be (\d+)\)', info.extra_info or '', re.M)  # libsndfile's own note
@@ -143,7 +152,7 @@ def write_audio(path, # destination (.wav, .flac or .ogg)
                 a = piece.detach().cpu().float()
                 if a.dim() == 3: a = a[0]  # [C, n]
                 if subtype != 'FLOAT': a = a.clamp(-1, 1)
-                if f is None: f = sf.SoundFile(tmp, 'w', int(sample_rate), a.shape[0], subtype=subtype, format=fmt)
+                if f is None: f = sf.SoundFile(os.fsencode(tmp), 'w', int(sample_rate), a.shape[0], subtype=subtype, format=fmt)
                 f.write(a.T.numpy())
             if f is not None: f.close()
         except sf.SoundFileError as e:  # libsndfile says only "System error." on a full disk: look while tmp still exists
@@ -166,8 +175,9 @@ def collect_files(inputs: Sequence, # files or folders
     "Expand folders recursively into files with one of `extensions`; missing paths are returned separately."
     found, missing = [], []
     for i in map(Path, inputs):
-        if i.is_dir():
-            found += [(f, f.relative_to(i)) for f in sorted(i.rglob('*')) if f.is_file() and f.suffix.lower() in extensions]
+        if i.is_dir():  # a dangling or looping link with an audio name is listed too: reading it names its fault
+            found += [(f, f.relative_to(i)) for f in sorted(i.rglob('*')) if f.suffix.lower() in extensions
+                      and (f.is_file() or (f.is_symlink() and not f.exists()))]
         elif i.is_file(): found.append((i, Path(i.name)))
         else: missing.append(i)
     return found, missing

@@ -4,9 +4,10 @@
 
 # %% auto #0
 __all__ = ['CHUNK_FRAMES', 'OVERLAP_FRAMES', 'PRECISIONS', 'LATENT_DTYPES', 'LYRA_FORMAT', 'receptive_frames', 'chunk_plan',
-           'fade_in', 'iter_chunks', 'compute_dtype', 'autocast_to', 'iter_encode', 'encode_audio', 'iter_decode',
-           'decode_latents', 'encode_file', 'file_reader', 'model_fingerprint', 'latent_meta', 'save_latents',
-           'load_latents', 'check_compatible', 'encode_main', 'decode_main', 'reconstruct_main']
+           'fade_in', 'iter_chunks', 'compute_dtype', 'autocast_to', 'bf16_fault', 'checked_dtype', 'iter_encode',
+           'encode_audio', 'iter_decode', 'decode_latents', 'encode_file', 'file_reader', 'model_fingerprint',
+           'latent_meta', 'save_latents', 'load_latents', 'check_compatible', 'encode_main', 'decode_main',
+           'reconstruct_main']
 
 # %% ../nbs/06_codec.ipynb #2c1519e3
 import contextlib
@@ -23,10 +24,11 @@ import torch
 from torch import Tensor
 
 import lyracodec
-from .core import EXPECTED_ERRORS, PathLike, atomic_write, check_output, cli_parser, os_error_message
+from .core import EXPECTED_ERRORS, PathLike, atomic_write, check_output, cli_parser, os_error_message, save_safetensors
 from .audio import AUDIO_EXTENSIONS, audio_info, load_audio, resampled_length, write_audio, collect_files
 from .vae import VAE, VAEConfig, load_pretrained
 from .residual import receptive_field
+from .runtime import pick_device
 
 # %% ../nbs/06_codec.ipynb #b4fd2535
 def receptive_frames(cfg: VAEConfig, # the model's config (only strides matter)
@@ -113,6 +115,52 @@ def compute_dtype(precision: str, # 'auto', 'fp32', 'bf16' or 'fp16'
 def autocast_to(dtype: Optional[torch.dtype], device: torch.device):
     "An autocast context for `dtype` on `device` (a no-op for None)."
     return torch.autocast(torch.device(device).type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+_CONV_CHECKED: dict = {}  # conv shape -> relative error of bf16 on this machine, measured once per process
+
+def _conv_bf16_error(conv: torch.nn.Module) -> float:
+    "Relative RMS error of one convolution's bf16 autocast output against float32 on the same bf16-rounded operands."
+    transposed = isinstance(conv, torch.nn.ConvTranspose1d)
+    key = (transposed, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+           conv.dilation, getattr(conv, 'output_padding', 0))
+    if key not in _CONV_CHECKED:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(1, conv.in_channels, 64 * conv.stride[0] + conv.dilation[0] * conv.kernel_size[0], generator=g)
+        w = torch.randn(conv.weight.shape, generator=g) / math.sqrt(conv.weight[0].numel())
+        x, w = x.bfloat16().float(), w.bfloat16().float()
+        f = torch.nn.functional.conv_transpose1d if transposed else torch.nn.functional.conv1d
+        kw = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
+        if transposed: kw['output_padding'] = conv.output_padding
+        ref = f(x, w, **kw)
+        with torch.autocast('cpu', dtype=torch.bfloat16): y = f(x, w, **kw).float()
+        _CONV_CHECKED[key] = ((y - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+    return _CONV_CHECKED[key]
+
+def bf16_fault(model: VAE, # the model about to run in bf16 on the CPU
+               tolerance: float=0.02, # bf16's own rounding gives about 0.2 %
+              ) -> Optional[str]: # what is wrong, or None
+    "The first convolution that bf16 autocast computes wrongly on this CPU (a oneDNN fault seen with torch 2.14.1), or None."
+    for name, m in model.named_modules():
+        if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
+            e = _conv_bf16_error(m)
+            if e > tolerance:
+                return (f'bf16 convolutions are wrong on this CPU with torch {torch.__version__}: {name} '
+                        f'({m.in_channels}->{m.out_channels} channels, kernel {m.kernel_size[0]}, stride {m.stride[0]}) is off by '
+                        f'{e:.0%} against fp32')
+    return None
+
+def checked_dtype(model: VAE, # the model, on its device
+                  dtype: Optional[torch.dtype], # `compute_dtype`'s choice
+                  precision: str, # the user's `--precision`
+                 ) -> Optional[torch.dtype]:
+    "`dtype`, unless bf16 is wrong on this CPU for this model: then `auto` falls back to fp32 with a warning, `bf16` is refused."
+    if dtype is not torch.bfloat16 or next(model.parameters()).device.type != 'cpu': return dtype
+    fault = bf16_fault(model)
+    if fault is None: return dtype
+    if precision == 'auto':
+        warnings.warn(f'{fault}; using fp32 instead', UserWarning)
+        return None
+    raise ValueError(f'--precision bf16: {fault}; use --precision fp32 (or auto)')
 
 def _as_batch(audio: Tensor, channels: int) -> Tensor:
     "`[C, T]` or `[B, C, T]` → float `[B, C, T]`, checking the channel count."
@@ -234,7 +282,6 @@ def save_latents(path, # destination `.lyra` file
                  dtype: str='float32', # 'float32', 'float16' or 'bfloat16'
                 ) -> Path:
     "Write latents and metadata to a `.lyra` (safetensors) file, atomically."
-    from safetensors.torch import save_file
     if dtype not in LATENT_DTYPES: raise ValueError(f'dtype must be one of {sorted(LATENT_DTYPES)}, got {dtype!r}')
     z = torch.as_tensor(z)
     if z.dim() == 2: z = z[None]
@@ -242,7 +289,7 @@ def save_latents(path, # destination `.lyra` file
     m = {k: v if isinstance(v, str) else json.dumps(v) for k, v in {**meta, 'dtype': dtype}.items()}
     t = {'latents': z.detach().to('cpu', LATENT_DTYPES[dtype]).contiguous()}
     p = Path(path)
-    atomic_write(p, lambda tmp: save_file(t, tmp, metadata=m))
+    atomic_write(p, lambda tmp: save_safetensors(t, tmp, m))  # a full disk is one line, not a SafetensorError
     return p
 
 def load_latents(path, # a `.lyra` file
@@ -284,6 +331,7 @@ def _prepare_out_dir(d: Path) -> Optional[str]:
     try:
         d.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=d): pass
+    except FileExistsError: return f'{d}: is a file; --out-dir must be a folder'
     except OSError as e: return f'{d}: output folder is not writable ({e.strerror or type(e).__name__})'
     return None
 
@@ -322,11 +370,16 @@ def _cli(prog: str, description: str, extensions: Sequence[str], out_suffix: str
     try: chunk_plan(1, a.chunk_frames, a.overlap_frames)
     except ValueError as e: err(e); return 2
     try:
-        device = torch.device(('cuda' if torch.cuda.is_available() else 'cpu') if a.device == 'auto' else a.device)
+        device = pick_device(a.device, key='--device')  # before the model: a missing GPU is not a damaged model file
         a.dtype_compute = compute_dtype(a.precision, device)
     except (ValueError, RuntimeError) as e: err(e); return 2
     try: model = load_pretrained(a.model, map_location=str(device))
     except EXPECTED_ERRORS as e: err(f'cannot load model: {os_error_message(e, a.model)}'); return 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        try: a.dtype_compute = checked_dtype(model, a.dtype_compute, a.precision)
+        except ValueError as e: err(e); return 2
+    for w in caught: tqdm.write(f'{prog}: warning: {" ".join(str(w.message).split())}', file=sys.stderr)
     out_dir = Path(a.out_dir)
     msg = _prepare_out_dir(out_dir)
     if msg: err(msg); return 2

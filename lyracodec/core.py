@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['PathLike', 'EXPECTED_ERRORS', 'cache_dir', 'ConfigError', 'need', 'check_type', 'Config', 'config_from_dict',
            'OutputError', 'check_output', 'temp_name_prefix', 'remove_stale_temps', 'fsync_dir', 'new_temp_path',
-           'disk_full', 'atomic_write', 'os_error_message', 'FolderLock', 'cli_parser', 'run_main']
+           'disk_full', 'atomic_write', 'save_safetensors', 'shown_path', 'os_error_message', 'FolderLock',
+           'cli_parser', 'run_main']
 
 # %% ../nbs/00a_core.ipynb #49fdd848
 import argparse
@@ -211,26 +212,54 @@ def atomic_write(path: PathLike, # destination file
     fsync_dir(p.parent)
     return p
 
+def save_safetensors(tensors: dict, # name -> tensor
+                     path: PathLike, # the file to write (usually `atomic_write`'s temporary)
+                     metadata: Optional[dict]=None, # str -> str
+                    ):
+    "safetensors' `save_file` with its failures as `OSError`: a full disk is named as such (safetensors hides errno)."
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+    try: save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as e:  # SafetensorError: "No space left on device (os error 28)" or another I/O error, as text
+        text = (str(e).splitlines() or [type(e).__name__])[0]
+        if disk_full(Path(path).parent) or 'os error 28' in text: raise OSError(errno.ENOSPC, 'No space left on device', str(path)) from None
+        raise OSError(errno.EIO, f'could not write ({text})', str(path)) from None
+
 # %% ../nbs/00a_core.ipynb #6d5a1eda
+_CONTROL = re.compile(r'[\x00-\x1f\x7f]')
+
+def shown_path(path: PathLike, # any path, also one whose name is not valid UTF-8 or holds a newline
+              ) -> str: # printable on one line: undecodable bytes as `\xff`, control characters as `\n`, `\t`, ...
+    "A path as it is safe to print or write in a message: one line, nothing lost."
+    s = os.fsencode(path).decode('utf-8', 'backslashreplace')
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], s)
+
 def os_error_message(e: BaseException, # an exception raised while reading or writing
                      path: Optional[PathLike]=None, # the file it concerns, if the exception does not say
                     ) -> str:
-    "One line naming the file and the cause; disk full and permission errors spelled out."
-    if isinstance(e, OutputError): return str(e)
+    "One line naming the file and the cause; disk full and permission errors spelled out; names shown with `shown_path`."
+    if isinstance(e, OutputError): return _one_line(str(e))
     name = getattr(e, 'filename', None) or path
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         cause = 'disk full (no space left on the device)'
     elif isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         cause = 'permission denied' if e.errno != errno.EROFS else 'read-only file system'
     else:
-        text = str(e).splitlines()[0] if str(e) else type(e).__name__
-        cause = (e.strerror if isinstance(e, OSError) and e.strerror else None) or text
-    msg = f'{name}: {cause}' if name and str(name) not in cause else cause
-    return ' '.join(msg.split())
+        text = str(e)
+        if name is not None: text = text.replace(os.fspath(name), shown_path(name))  # a newline in a name is no line end
+        cause = (e.strerror if isinstance(e, OSError) and e.strerror else None) or (text.splitlines() or [type(e).__name__])[0]
+    if name is None: return _one_line(cause)
+    shown = shown_path(name)
+    return _one_line(cause if shown in cause else f'{shown}: {cause}')
+
+def _one_line(msg: str) -> str: return _CONTROL.sub(lambda m: repr(m.group())[1:-1], msg.strip())
+
 
 # %% ../nbs/00a_core.ipynb #e46aa1eb
+_HELD: set = set()  # (pid, lock file) this process holds: POSIX locks do not exclude their own process
+
 class FolderLock:
-    "Exclusive lock of a folder for the duration of a `with` block; a second holder gets a clear error at once."
+    "Exclusive lock of a folder for the duration of a `with` block, held by this process only (not by its forks)."
     def __init__(self, folder: PathLike, # the folder to hold
                  busy: str='another process is writing to this folder', # the error's text when it is held
                 ):
@@ -238,15 +267,22 @@ class FolderLock:
 
     def __enter__(self):
         import fcntl
-        self.f = open(self.path, 'a+')
-        try: fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        key = (os.getpid(), str(self.path.resolve()))
+        if key in _HELD: raise OutputError(f'{self.path.parent}: {self.busy}')
+        f = open(self.path, 'a+')  # never opened twice by one process: closing any descriptor would drop the lock
+        try: fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            self.f.close(); self.f = None
+            f.close()
             raise OutputError(f'{self.path.parent}: {self.busy}') from None
+        self.f, self.key = f, key
+        _HELD.add(key)
         return self
 
     def __exit__(self, *exc):
-        if self.f is not None: self.f.close(); self.f = None
+        if self.f is not None:
+            _HELD.discard(self.key)
+            self.f.close(); self.f = None
+
 
 # %% ../nbs/00a_core.ipynb #88279c1c
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

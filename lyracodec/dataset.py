@@ -8,6 +8,7 @@ __all__ = ['AudioFileWarning', 'AugmentConfig', 'AudioFile', 'split_of', 'rms_db
 # %% ../nbs/04_dataset.ipynb #890d475f
 import hashlib
 import math
+import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -77,7 +78,7 @@ def _index_file(path: Path, root: Path, min_seconds: float):
     "`(AudioFile, None)` for a usable file, `(None, reason)` for one to skip."
     try:
         if path.stat().st_size == 0: return None, 'empty file (0 bytes)'
-        info = sf.info(str(path))
+        info = sf.info(os.fsencode(path))  # bytes: any file name, also one that is not UTF-8
     except (sf.SoundFileError, RuntimeError, OSError) as e:
         return None, f'unreadable ({re.sub(r"^Error opening .*?: ", "", str(e)).strip()})'
     if info.frames <= 0: return None, 'no audio frames'
@@ -209,7 +210,7 @@ class VocalDataset(torch.utils.data.Dataset):
         for f in self.files:
             block = max(1, self.target_length * f.sample_rate // self.sample_rate)
             try:
-                for b in sf.blocks(str(f.path), blocksize=block, dtype='float32', always_2d=True):
+                for b in sf.blocks(os.fsencode(f.path), blocksize=block, dtype='float32', always_2d=True):
                     if np.mean(np.square(b, dtype=np.float64)) >= thr: self._audible = True; return
             except (sf.SoundFileError, RuntimeError, OSError): continue
         raise ValueError(f'{self.root}: no audible audio in the {self.split!r} split: all {len(self.files)} file(s) '

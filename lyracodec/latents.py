@@ -15,10 +15,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .core import PathLike
+from .core import PathLike, os_error_message, shown_path
 from .vae import VAE
 from .codec import check_compatible, decode_latents
-from .preencode import PROG, INDEX_NAME, META_NAME, STATS_NAME
+from .shards import PROG, INDEX_NAME, META_NAME, STATS_NAME, ShardError, read_index, read_shard_items, read_shard_header, shard_file
 
 # %% ../nbs/10a_latents.ipynb #37d31737
 class LatentDataset(Dataset):
@@ -27,11 +27,10 @@ class LatentDataset(Dataset):
                  frames: Optional[int]=None, # crop length in latent frames; None: whole files
                  random_crop: bool=True, # random crops (training) or the middle one (validation)
                  normalize: Optional[str]=None, # None, 'channel' or 'global', by `stats.json`
+                 verify: bool=True, # check each shard's checksum when this process first reads it
                 ):
-        self.root, self.frames, self.random_crop = Path(out_dir), frames, random_crop
-        p = self.root / INDEX_NAME
-        if not p.is_file(): raise FileNotFoundError(f'{p}: no such file (run {PROG} to the end first)')
-        items = [json.loads(l) for l in p.read_text().splitlines() if l.strip()]
+        self.root, self.frames, self.random_crop, self.verify = Path(out_dir), frames, random_crop, verify
+        items = read_index(self.root)  # every line checked; shards confined to OUT_DIR/shards
         self.items = [r for r in items if frames is None or r['frames'] >= frames]
         self.dropped, self.shift, self.scale = len(items) - len(self.items), 0.0, 1.0
         if normalize is not None:
@@ -44,14 +43,27 @@ class LatentDataset(Dataset):
     def __len__(self) -> int: return len(self.items)
     def __getstate__(self): return {**self.__dict__, '_open': {}, '_pid': None}  # handles stay in their process
 
-    def read(self, i: int, start: int=0, frames: Optional[int]=None) -> Tensor:
-        "Latents `[D, frames]` float32 of item `i` from frame `start` (to its end by default), not normalised."
+    def _shard(self, r: dict):
+        "The open latents of a record's shard: checked (whole file, checksum) the first time this process opens it."
         from safetensors import safe_open
         if self._pid != os.getpid(): self._open, self._pid = {}, os.getpid()
+        if r['shard'] not in self._open:
+            p = shard_file(self.root, r['shard'], f'{shown_path(self.root / INDEX_NAME)}')
+            read_shard_items(p, verify=self.verify)  # ShardError naming the shard: missing, truncated, damaged
+            try: self._open[r['shard']] = (safe_open(str(p), framework='pt').get_slice('latents'),
+                                           read_shard_header(p)[0]['latents']['shape'][1])
+            except Exception as e: raise ShardError(f'{shown_path(p)}: cannot read its latents ({os_error_message(e)})') from None
+        latents, length = self._open[r['shard']]
+        if r['offset'] + r['frames'] > length:
+            raise ShardError(f'{shown_path(self.root / INDEX_NAME)}: {shown_path(r["path"])} ends at frame '
+                             f'{r["offset"] + r["frames"]}, beyond the {length} frames of {r["shard"]}')
+        return latents
+
+    def read(self, i: int, start: int=0, frames: Optional[int]=None) -> Tensor:
+        "Latents `[D, frames]` float32 of item `i` from frame `start` (to its end by default), not normalised."
         r = self.items[i]
-        if r['shard'] not in self._open: self._open[r['shard']] = safe_open(str(self.root / r['shard']), framework='pt')
         a = r['offset'] + start
-        return self._open[r['shard']].get_slice('latents')[:, a: a + (r['frames'] - start if frames is None else frames)].float()
+        return self._shard(r)[:, a: a + (r['frames'] - start if frames is None else frames)].float()
 
     def __getitem__(self, i: int) -> Tensor:
         n = self.items[i]['frames']

@@ -64,13 +64,20 @@ def dist_env() -> tuple:
     "(world size, rank, local rank) from torchrun's environment variables."
     return int(os.environ.get('WORLD_SIZE', 1)), int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0))
 
-def pick_device(name: str, local_rank: int=0) -> torch.device:
-    "`auto` → this process's CUDA device if there is one, else CPU."
+def pick_device(name: str, # 'auto', 'cpu', 'cuda', 'cuda:N' (or any torch device name)
+                local_rank: int=0, # this process's rank on its machine: 'auto' and 'cuda' take that GPU
+                key: str='run.device', # the setting or option named in errors (`--device` in the codec commands)
+               ) -> torch.device:
+    "`auto` → this process's CUDA device if there is one, else CPU; a device that is not there is refused by `key`."
     if name == 'auto': name = f'cuda:{local_rank}' if torch.cuda.is_available() else 'cpu'
     elif name == 'cuda': name = f'cuda:{local_rank}'
-    if name.startswith('cuda') and not torch.cuda.is_available():
-        raise ConfigError('run.device', f'{name} requested but CUDA is not available')
-    return torch.device(name)
+    try: dev = torch.device(name)
+    except RuntimeError: raise ConfigError(key, f"{name!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available(): raise ConfigError(key, f'{name} requested but CUDA is not available')
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(key, f'{name} requested but this machine has {torch.cuda.device_count()} CUDA device(s)')
+    return dev
 
 def amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
     "The autocast dtype for `run.amp` on `device` (None = full precision)."
