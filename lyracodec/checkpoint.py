@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['CKPT_FORMAT', 'EMA', 'rng_state', 'set_rng_state', 'state_digest', 'save_checkpoint', 'load_checkpoint',
-           'link_latest', 'newest_valid_checkpoint', 'weights_digest', 'replica_digests']
+           'link_latest', 'newest_valid_checkpoint', 'resume_target', 'weights_digest', 'replica_digests']
 
 # %% ../nbs/05b_checkpoint.ipynb #b08c5d03
 import copy
@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -33,11 +34,11 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module):
-        "Move the average towards `model`'s current weights."
+        "Move the average towards `model`'s current weights; frozen parameters (`requires_grad=False`) are left out."
         d = self.current_decay()
-        ema_p = [p for p in self.model.parameters() if p.dtype.is_floating_point]
-        src = [p.detach() for p in model.parameters() if p.dtype.is_floating_point]
-        torch._foreach_lerp_(ema_p, src, 1 - d)
+        pairs = [(e, p.detach()) for e, p in zip(self.model.parameters(), model.parameters())
+                 if p.dtype.is_floating_point and p.requires_grad]
+        if pairs: torch._foreach_lerp_([e for e, _ in pairs], [p for _, p in pairs], 1 - d)
         for b, s in zip(self.model.buffers(), model.buffers()): b.copy_(s)
         self.num_updates += 1
 
@@ -144,6 +145,16 @@ def newest_valid_checkpoint(run_dir: PathLike, # a run folder
     if found: raise ValueError(f'{run_dir}: none of its {len(found)} checkpoint(s) is readable; '
                                'refusing to start from scratch over them (move them away to do that)')
     return None, None
+
+def resume_target(run_dir: PathLike, # the run folder (for `auto`)
+                  resume: str, # 'auto' or a checkpoint path
+                  log=print,
+                 ) -> Optional[tuple]: # (path, state), or None when `auto` finds no checkpoint
+    "The checkpoint `--resume` names, read and verified: `auto` takes `newest_valid_checkpoint`."
+    if resume != 'auto': return Path(resume), load_checkpoint(resume, map_location='cpu')
+    path, s = newest_valid_checkpoint(run_dir, log)
+    if path is None: log(f'resume auto: no checkpoint in {run_dir}, starting from scratch'); return None
+    return path, s
 
 # %% ../nbs/05b_checkpoint.ipynb #cdf3b775
 def weights_digest(model: nn.Module) -> str:

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['RECIPES', 'GAN_LOSSES', 'STFT_FFTS', 'MEL_WINDOWS', 'MEL_BANDS', 'LossConfig', 'kl_weight_at', 'stft_kwargs',
-           'StereoSTFTLoss', 'MultiScaleMelLoss', 'ReconstructionLoss', 'STFTDiscriminator',
+           'bounded_stft_terms', 'StereoSTFTLoss', 'MultiScaleMelLoss', 'ReconstructionLoss', 'STFTDiscriminator',
            'MultiScaleSTFTDiscriminator', 'd_loss_terms', 'g_adv_term', 'discriminator_loss',
            'generator_adversarial_loss']
 
@@ -37,6 +37,7 @@ class LossConfig(Config):
     adv_weight: float = 0.1 # generator adversarial term ('adversarial' recipe)
     fm_weight: float = 5.0 # feature matching term ('adversarial' recipe)
     adv_start_step: int = 0 # discriminator and adversarial terms switched on at this step
+    disc_warmup_steps: int = 0 # fine-tuning from a model without a discriminator: steps that train it alone first
     gan_loss: str = 'hinge' # 'hinge' | 'ls' (least squares)
     disc_ffts: tuple = (2048, 1024, 512, 256, 128) # one discriminator per FFT size, hop = fft/4
 
@@ -45,7 +46,7 @@ class LossConfig(Config):
         need(self.gan_loss in GAN_LOSSES, 'gan_loss', f'must be one of {GAN_LOSSES}, got {self.gan_loss!r}')
         for name in ('mse_weight', 'kl_weight', 'stft_weight', 'mel_weight', 'adv_weight', 'fm_weight'):
             need(getattr(self, name) >= 0, name, f'must be a finite number >= 0, got {getattr(self, name)!r}')
-        for name in ('kl_anneal_steps', 'adv_start_step'):
+        for name in ('kl_anneal_steps', 'adv_start_step', 'disc_warmup_steps'):
             need(getattr(self, name) >= 0, name, f'must be an integer >= 0, got {getattr(self, name)!r}')
         need(len(self.disc_ffts) >= 1, 'disc_ffts', 'must be a non-empty list of FFT sizes')
         for i, n in enumerate(self.disc_ffts):
@@ -85,25 +86,54 @@ def stft_kwargs(fft_sizes: Sequence[int]=STFT_FFTS, # one STFT per size; window 
     sizes = [int(n) for n in fft_sizes]
     return dict(fft_sizes=sizes, hop_sizes=[n // 4 for n in sizes], win_lengths=sizes, **extra)
 
+def bounded_stft_terms(est: Tensor, # estimate magnitudes `[B, F, frames]`
+                       ref: Tensor, # target magnitudes `[B, F, frames]` (auraloss's clamp: >= 1e-4)
+                       floor_energy: Tensor, # `[B]` least energy a target component is measured against
+                      ) -> Tensor: # scalar: spectral convergence + log-magnitude L1
+    "auraloss's spectral convergence + log-magnitude L1, measured against `max(target energy, floor)` per item."
+    e = ref.pow(2).sum((1, 2))  # [B] the target component's energy
+    den = torch.maximum(e, floor_energy)  # = e for every ordinary item: auraloss's value
+    sc = (est - ref).norm() / den.sum().sqrt()  # batch-level, as auraloss's Frobenius norms
+    fill = ((den - e) / ref[0].numel()).sqrt()[:, None, None]  # [B, 1, 1] RMS of the energy missing below the floor
+    return sc + (torch.maximum(est, fill).log() - torch.maximum(ref, fill).log()).abs().mean()
+
 class StereoSTFTLoss(nn.Module):
-    "Stable Audio's spectral loss: sum-and-difference MR-STFT ×1 + MR-STFT of left and right ×½ each, A-weighted."
+    "Stable Audio's spectral loss (sum-and-difference ×1, left and right ×½ each, A-weighted), bounded on silent parts."
     def __init__(self, sample_rate: int=44100, # Hz, for the A-weighting filter
                  a_weighting: bool=True, # perceptual pre-filter (Stable Audio: on)
+                 silent_ratio: float=0.1, # a component is measured against >= this share of the item's channel level
+                 floor_db: float=-70.0, # and against >= white noise at this level (dBFS): silence is never a reference
+                 fft_sizes: Sequence[int]=STFT_FFTS, # one STFT per size, hop = size/4
                 ):
         super().__init__()
         self.aw = auraloss.perceptual.FIRFilter(filter_type='aw', fs=sample_rate) if a_weighting else None
-        self.sd = auraloss.freq.SumAndDifferenceSTFTLoss(**stft_kwargs())
-        self.lr = auraloss.freq.MultiResolutionSTFTLoss(**stft_kwargs())
+        self.silent_ratio, self.floor_rms, self.ffts = silent_ratio, 10 ** (floor_db / 20), tuple(int(n) for n in fft_sizes)
+        for n in self.ffts: self.register_buffer(f'window{n}', torch.hann_window(n), persistent=False)
+
+    def magnitudes(self, x: Tensor, n: int) -> Tensor:  # [N, T] -> [N, n/2+1, frames]
+        "auraloss's STFT magnitudes at FFT size `n`: `sqrt(max(|X|², 1e-8))`."
+        s = torch.stft(x, n, n // 4, n, getattr(self, f'window{n}'), return_complex=True)
+        return (s.real.pow(2) + s.imag.pow(2)).clamp_min(1e-8).sqrt()
 
     def forward(self, x: Tensor, x_recon: Tensor) -> Tensor:  # [B, 2, T] each -> scalar
         if x.shape != x_recon.shape or x.dim() != 3 or x.shape[1] != 2:
             raise ValueError(f'StereoSTFTLoss expects two [B, 2, T] tensors, got {tuple(x.shape)} and {tuple(x_recon.shape)}')
+        B, C, T = x.shape
         if self.aw is not None:  # filter each channel once (linear: the sum/difference of filtered = filtered sum/difference)
-            B, C, T = x.shape
             y, t = self.aw(x_recon.reshape(B * C, 1, T), x.reshape(B * C, 1, T))
             x_recon, x = y.reshape(B, C, T), t.reshape(B, C, T)
-        left, right = (self.lr(x_recon[:, i:i + 1], x[:, i:i + 1]) for i in (0, 1))
-        return self.sd(x_recon, x) + 0.5 * left + 0.5 * right
+        views = lambda a: torch.cat([a[:, 0] + a[:, 1], a[:, 0] - a[:, 1], a[:, 0], a[:, 1]])  # [4B, T]: S, D, L, R
+        est, ref = views(x_recon), views(x)
+        total = x.new_zeros(())
+        for n in self.ffts:
+            me, mr = self.magnitudes(est, n), self.magnitudes(ref, n)  # [4B, F, frames]
+            channel = mr[2 * B:].pow(2).sum((1, 2)).reshape(2, B).mean(0)  # [B] mean energy of left and right
+            noise = self.floor_rms ** 2 * getattr(self, f'window{n}').pow(2).sum() * mr[0].numel()  # white noise at floor_db
+            floor = torch.maximum(self.silent_ratio ** 2 * channel, noise)  # [B]
+            for v in range(4):  # S, D, L, R: each weighted 1/2 (Stable Audio: (S + D)/2 + L/2 + R/2)
+                i = slice(v * B, (v + 1) * B)
+                total = total + 0.5 * bounded_stft_terms(me[i], mr[i], floor)
+        return total / len(self.ffts)
 
 # %% ../nbs/04a_losses.ipynb #4a9133af
 MEL_WINDOWS = (32, 64, 128, 256, 512, 1024, 2048)  # DAC's scales

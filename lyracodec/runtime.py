@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['ResumableSampler', 'ignore_sigint', 'dist_env', 'pick_device', 'amp_dtype', 'Logger', 'write_reconstructions',
            'seed_everything', 'threading_main', 'log_media', 'compile_blocks', 'compile_model', 'validation_figures',
-           'report_step']
+           'report_step', 'flush_history']
 
 # %% ../nbs/05c_runtime.ipynb #4968db81
 import os
@@ -238,3 +238,13 @@ def report_step(logger: Logger, bar, # the progress bar (None: no console line, 
         bar.write(f'step {step:>7d}  loss {logs["total"]:.4f}  ({parts})  lr {logs["lr"]:.2e}  |g| {logs["grad_norm"]:.3g}  '
                   f'{steps_per_s:.2f} steps/s  data wait {100 * data_wait:.1f}%')
     return logs
+
+def flush_history(history: dict, # name -> [(step, value)], appended to
+                  pending: list, # [(step, loss, gradient norm, lr)] of steps not yet read back; emptied
+                 ):
+    "Append the pending steps' (loss, gradient norm, lr) to `history`, reading the device once for all of them."
+    if not pending: return
+    vals = torch.stack([torch.stack([t.float(), g.float()]) for _, t, g, _ in pending]).tolist()
+    for (step, _, _, lr), (t, g) in zip(pending, vals):
+        history['total'].append((step, t)); history['grad_norm'].append((step, g)); history['lr'].append((step, lr))
+    pending.clear()
