@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['PROG', 'PREENCODE_FORMAT', 'SHARD_DIR', 'INDEX_NAME', 'META_NAME', 'STATS_NAME', 'SKIPPED_NAME', 'CHECKSUM_KEY',
            'RECORD_FIELDS', 'file_sha256', 'ShardError', 'item_moments', 'merge_moments', 'ShardWriter',
-           'read_shard_header', 'shard_digest', 'read_shard_items', 'has_checksum', 'set_aside', 'shard_file',
-           'check_record', 'read_index', 'verify_dataset']
+           'read_shard_header', 'read_shard_items', 'has_checksum', 'set_aside', 'shard_file', 'check_record',
+           'read_index', 'verify_dataset']
 
 # %% ../nbs/09b_shards.ipynb #324de6e7
 import csv
@@ -30,11 +30,14 @@ SHARD_DIR, INDEX_NAME, META_NAME, STATS_NAME, SKIPPED_NAME = 'shards', 'index.js
 CHECKSUM_KEY = 'sha256' # header metadata: SHA-256 of every byte after the header (latents, then moments)
 RECORD_FIELDS = dict(path=str, shard=str, offset=int, frames=int, samples=int) # what a reader needs of a record
 
-def file_sha256(path: PathLike) -> str:
-    "SHA-256 of a file's bytes, read 1 MB at a time."
+def file_sha256(path: PathLike, # any file
+                start: int=0, # first byte to hash (a shard's data starts after its header)
+               ) -> str:
+    "SHA-256 of a file's bytes from `start` to its end, read 4 MB at a time."
     h = hashlib.sha256()
     with open(path, 'rb') as f:
-        while block := f.read(1 << 20): h.update(block)
+        f.seek(start)
+        while block := f.read(4 << 20): h.update(block)
     return h.hexdigest()
 
 class ShardError(ValueError):
@@ -141,14 +144,6 @@ def read_shard_header(path: PathLike, # a shard
         raise ShardError(f'{shown_path(p)}: truncated or padded: {size:,} bytes, its header describes {8 + n + end:,}')
     return head, meta, 8 + n
 
-def shard_digest(path: PathLike, start: int) -> str:
-    "SHA-256 of a file's bytes from `start` to its end, read 4 MB at a time."
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        f.seek(start)
-        while b := f.read(4 << 20): h.update(b)
-    return h.hexdigest()
-
 def read_shard_items(path: PathLike, # a shard
                      verify: bool=True, # check the data's SHA-256 (once per file and process)
                     ) -> list:
@@ -161,7 +156,7 @@ def read_shard_items(path: PathLike, # a shard
         st = os.stat(p)
         key, stamp = str(p.resolve()), (st.st_ino, st.st_size, st.st_mtime_ns)
         if _VERIFIED.get(key) != stamp:
-            if shard_digest(p, start) != meta[CHECKSUM_KEY]:
+            if file_sha256(p, start) != meta[CHECKSUM_KEY]:
                 raise ShardError(f'{shown_path(p)}: damaged: its data does not match the checksum written with it')
             _VERIFIED[key] = stamp
     return recs
