@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['RECIPES', 'GAN_LOSSES', 'STFT_FFTS', 'MEL_WINDOWS', 'MEL_BANDS', 'LossConfig', 'kl_weight_at', 'stft_kwargs',
-           'bounded_stft_terms', 'StereoSTFTLoss', 'MultiScaleMelLoss', 'ReconstructionLoss', 'STFTDiscriminator',
-           'MultiScaleSTFTDiscriminator', 'd_loss_terms', 'g_adv_term', 'discriminator_loss',
-           'generator_adversarial_loss']
+           'bounded_stft_terms', 'silence_fill', 'item_floor', 'StereoSTFTLoss', 'MultiScaleMelLoss',
+           'ReconstructionLoss', 'STFTDiscriminator', 'MultiScaleSTFTDiscriminator', 'd_loss_terms', 'g_adv_term',
+           'discriminator_loss', 'generator_adversarial_loss']
 
 # %% ../nbs/04a_losses.ipynb #521f3e5e
 import warnings
@@ -92,10 +92,24 @@ def bounded_stft_terms(est: Tensor, # estimate magnitudes `[B, F, frames]`
                       ) -> Tensor: # scalar: spectral convergence + log-magnitude L1
     "auraloss's spectral convergence + log-magnitude L1, measured against `max(target energy, floor)` per item."
     e = ref.pow(2).sum((1, 2))  # [B] the target component's energy
-    den = torch.maximum(e, floor_energy)  # = e for every ordinary item: auraloss's value
-    sc = (est - ref).norm() / den.sum().sqrt()  # batch-level, as auraloss's Frobenius norms
-    fill = ((den - e) / ref[0].numel()).sqrt()[:, None, None]  # [B, 1, 1] RMS of the energy missing below the floor
+    sc = (est - ref).norm() / torch.maximum(e, floor_energy).sum().sqrt()  # batch-level, as auraloss's Frobenius norms
+    fill = silence_fill(ref, floor_energy)  # [B, 1, 1]; 0 for every ordinary component: auraloss's value
     return sc + (torch.maximum(est, fill).log() - torch.maximum(ref, fill).log()).abs().mean()
+
+def silence_fill(ref: Tensor, # target magnitudes `[N, F, frames]`
+                 floor_energy: Tensor, # `[N]` least energy each row is measured against
+                ) -> Tensor: # `[N, 1, 1]`
+    "RMS per bin of the energy a target row lacks below its floor: 0 for every row at or above it."
+    e = ref.pow(2).sum((1, 2))  # [N]
+    return ((torch.maximum(e, floor_energy) - e) / ref[0].numel()).sqrt()[:, None, None]
+
+def item_floor(ref: Tensor, # target magnitudes `[B * C, F, frames]`, the channels of each item together
+               channels: int, # C
+               ratio: float, # share of the item's mean channel level
+              ) -> Tensor: # `[B * C]` energies
+    "Each row's floor: `ratio`² × the mean energy of its item's channels, so a silent channel is measured against its item."
+    e = ref.pow(2).sum((1, 2)).reshape(-1, channels)  # [B, C]
+    return (ratio ** 2 * e.mean(1, keepdim=True)).expand_as(e).reshape(-1)
 
 class StereoSTFTLoss(nn.Module):
     "Stable Audio's spectral loss (sum-and-difference ×1, left and right ×½ each, A-weighted), bounded on silent parts."
@@ -115,6 +129,20 @@ class StereoSTFTLoss(nn.Module):
         s = torch.stft(x, n, n // 4, n, getattr(self, f'window{n}'), return_complex=True)
         return (s.real.pow(2) + s.imag.pow(2)).clamp_min(1e-8).sqrt()
 
+    def noise_energy(self, n: int, mag: Tensor) -> Tensor:
+        "Energy of white noise at `floor_db` in one row of `mag` `[N, F, frames]` at FFT size `n`."
+        return self.floor_rms ** 2 * getattr(self, f'window{n}').pow(2).sum() * mag[0].numel()
+
+    def channel_distance(self, x: Tensor, x_recon: Tensor) -> Tensor:  # [B, C, T] each -> scalar
+        "auraloss's multi-resolution STFT distance of the channels (`[B * C, T]` rows, no sum/difference), bounded alike."
+        B, C, T = x.shape
+        total = x.new_zeros(())
+        for n in self.ffts:
+            me, mr = self.magnitudes(x_recon.reshape(B * C, T), n), self.magnitudes(x.reshape(B * C, T), n)
+            floor = torch.maximum(item_floor(mr, C, self.silent_ratio), self.noise_energy(n, mr))  # [B * C]
+            total = total + bounded_stft_terms(me, mr, floor)
+        return total / len(self.ffts)
+
     def forward(self, x: Tensor, x_recon: Tensor) -> Tensor:  # [B, 2, T] each -> scalar
         if x.shape != x_recon.shape or x.dim() != 3 or x.shape[1] != 2:
             raise ValueError(f'StereoSTFTLoss expects two [B, 2, T] tensors, got {tuple(x.shape)} and {tuple(x_recon.shape)}')
@@ -128,8 +156,7 @@ class StereoSTFTLoss(nn.Module):
         for n in self.ffts:
             me, mr = self.magnitudes(est, n), self.magnitudes(ref, n)  # [4B, F, frames]
             channel = mr[2 * B:].pow(2).sum((1, 2)).reshape(2, B).mean(0)  # [B] mean energy of left and right
-            noise = self.floor_rms ** 2 * getattr(self, f'window{n}').pow(2).sum() * mr[0].numel()  # white noise at floor_db
-            floor = torch.maximum(self.silent_ratio ** 2 * channel, noise)  # [B]
+            floor = torch.maximum(self.silent_ratio ** 2 * channel, self.noise_energy(n, mr))  # [B]
             for v in range(4):  # S, D, L, R: each weighted 1/2 (Stable Audio: (S + D)/2 + L/2 + R/2)
                 i = slice(v * B, (v + 1) * B)
                 total = total + 0.5 * bounded_stft_terms(me[i], mr[i], floor)
@@ -140,13 +167,15 @@ MEL_WINDOWS = (32, 64, 128, 256, 512, 1024, 2048)  # DAC's scales
 MEL_BANDS = (5, 10, 20, 40, 80, 160, 320)
 
 class MultiScaleMelLoss(nn.Module):
-    "DAC's multi-scale log10-mel L1, averaged (not summed) over its 7 scales."
+    "DAC's multi-scale log10-mel L1, averaged (not summed) over its 7 scales; a silent channel is measured against its item."
     def __init__(self, sample_rate: int=44100, # Hz
                  windows: Sequence[int]=MEL_WINDOWS, # window = FFT size of each scale; hop = window/4
                  n_mels: Sequence[int]=MEL_BANDS, # mel bands of each scale
                  clamp_eps: float=1e-5, # magnitude floor before log10
+                 silent_ratio: float=0.1, # a channel is measured against >= this share of its item's channel level
                 ):
         super().__init__()
+        self.silent_ratio = silent_ratio
         if len(windows) != len(n_mels): raise ValueError('MultiScaleMelLoss: one n_mels entry per window is needed')
         self.clamp_eps = clamp_eps
         with warnings.catch_warnings():
@@ -159,12 +188,13 @@ class MultiScaleMelLoss(nn.Module):
     def forward(self, x: Tensor, x_recon: Tensor) -> Tensor:  # [B, C, T] each -> scalar
         if x.shape != x_recon.shape:
             raise ValueError(f'MultiScaleMelLoss: shapes differ, {tuple(x.shape)} vs {tuple(x_recon.shape)}')
+        C = x.shape[-2] if x.dim() > 1 else 1
         x, y = x.reshape(-1, x.shape[-1]), x_recon.reshape(-1, x_recon.shape[-1])  # [B*C, T]
         total = 0.0
         for mel in self.mels:
-            lx = mel(x).clamp_min(self.clamp_eps).log10()  # [B*C, n_mels, frames]
-            ly = mel(y).clamp_min(self.clamp_eps).log10()
-            total = total + F.l1_loss(ly, lx)
+            mx, my = mel(x), mel(y)  # [B*C, n_mels, frames]
+            floor = silence_fill(mx, item_floor(mx, C, self.silent_ratio)).clamp_min(self.clamp_eps)  # [B*C, 1, 1]
+            total = total + F.l1_loss(my.maximum(floor).log10(), mx.maximum(floor).log10())
         return total / len(self.mels)
 
 # %% ../nbs/04a_losses.ipynb #45a85e86

@@ -42,7 +42,7 @@ def si_sdr(ref: Tensor, # reference `[B, C, T]` or `[C, T]`
     return (-loss(est.reshape(B, 1, -1), ref.reshape(B, 1, -1)))[:, 0].float()  # [B]
 
 # %% ../nbs/07_metrics.ipynb #5ff6b2ea
-from .losses import MultiScaleMelLoss, MEL_WINDOWS, MEL_BANDS, STFT_FFTS, stft_kwargs
+from .losses import MultiScaleMelLoss, StereoSTFTLoss, MEL_WINDOWS, MEL_BANDS, STFT_FFTS
 
 MEL_SCALES = tuple(zip(MEL_WINDOWS, MEL_BANDS))  # (window, n_mels): DAC's scales, the ones the trainer's mel loss uses
 
@@ -65,18 +65,18 @@ def mel_distance(ref: Tensor, # reference `[B, C, T]` or `[C, T]`
 
 # %% ../nbs/07_metrics.ipynb #abf34e36
 @lru_cache(maxsize=4)
-def _mrstft(sizes: tuple):
-    import auraloss
-    return auraloss.freq.MultiResolutionSTFTLoss(**stft_kwargs(sizes))
+def _mrstft(sizes: tuple) -> StereoSTFTLoss:
+    "The trainer's bounded STFT terms at `sizes`, without A-weighting, in float64, built once per size set."
+    return StereoSTFTLoss(a_weighting=False, fft_sizes=sizes).double()
 
 def mrstft_distance(ref: Tensor, # reference `[B, C, T]` or `[C, T]`
                     est: Tensor, # estimate, same shape
                     fft_sizes: Sequence[int]=STFT_FFTS, # one STFT per size, hop size/4
                    ) -> Tensor: # scalar
-    "Multi-resolution STFT distance: auraloss `MultiResolutionSTFTLoss` (spectral convergence + log magnitude)."
+    "Multi-resolution STFT distance: auraloss's (spectral convergence + log magnitude), a silent channel measured against its item."
     ref, est = _batched(ref, est)
     _check_length(ref.shape[-1], max(fft_sizes), 'mrstft_distance')
-    return _mrstft(tuple(int(n) for n in fft_sizes))(est, ref).float()
+    return _mrstft(tuple(int(n) for n in fft_sizes)).to(ref.device).channel_distance(ref, est).float()
 
 # %% ../nbs/07_metrics.ipynb #1d1b9381
 def bitrate_kbps(latent_dim: int, # latent channels D
