@@ -140,7 +140,7 @@ class Explorer:
         from IPython.display import HTML
         shifts = ', '.join(f'channel {c}: {s:+.1f} σ' for c, s in self.offsets().items() if s) or 'none'
         rows = [f'<p><b>clip A</b> {html.escape(self.clip_a.value)} · <b>clip B</b> {html.escape(self.clip_b.value)}'
-                f' · <b>A → B</b> {self.mix.value:.2f} · <b>shifts</b> {shifts}</p>', '<div style="display:flex;gap:1em">']
+                f' · <b>A → B</b> {self.mix.value:.2f} · <b>shifts</b> {shifts}</p>', '<div style="display:flex;flex-wrap:wrap;gap:0.5em 1em">']
         for title, clip in self.last.items():
             rows.append(f'<figure style="margin:0"><figcaption>{html.escape(title)}</figcaption>{self._player(clip)._repr_html_()}</figure>')
         rows.append('</div>')

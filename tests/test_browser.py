@@ -15,6 +15,15 @@ CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic'
 IN_CI = os.environ.get('CI') == '1'   # set by .ci/run
 DOCS_PAGES = ['index', '00_snake', '03_vae', '06_codec', '08_explore']
 SHOTS = Path(os.environ['LYRACODEC_SHOTS']) if os.environ.get('LYRACODEC_SHOTS') else None
+
+@pytest.fixture(scope='module')
+def shots():
+    "LYRACODEC_SHOTS=DIR keeps the screenshots and every redraw: DIR must be new or empty (nothing is overwritten)."
+    if SHOTS is None: return None
+    if SHOTS.exists() and (not SHOTS.is_dir() or any(SHOTS.iterdir())):
+        pytest.fail(f'LYRACODEC_SHOTS={SHOTS}: not an empty folder; give a new one (nothing there is overwritten)')
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    return SHOTS
 QUARTO_BODY_PX = 800   # Quarto's default grid: the body column of a page is 800 px wide
 
 def _require_browser():
@@ -199,7 +208,7 @@ def _lyra_images():
     return json.dumps(pngs)
 """
 
-def test_explorer_redraws_cleanly_in_jupyterlab(lab, browser):
+def test_explorer_redraws_cleanly_in_jupyterlab(lab, browser, shots):
     """Run 08_explore in JupyterLab (default settings: widget comms over kernel subshells), change its controls 20
     times as a user does; each redrawn view must match a fresh render of the same settings, drawn by `ex.render()`
     run as an ordinary cell (the main shell), in image size and pixels, with one player per spectrogram row."""
@@ -250,10 +259,9 @@ def test_explorer_redraws_cleanly_in_jupyterlab(lab, browser):
             if not why and players != rows: why = f'{players} players visible for {rows} spectrograms'
             if why: problems.append(f'redraw {i} ({control} -> {value}): {why}')
             else: clean += 1
-            if SHOTS:   # LYRACODEC_SHOTS=DIR keeps every redraw and its fresh render for a look
-                SHOTS.mkdir(parents=True, exist_ok=True)
+            if shots:   # every redraw and its fresh render, for a look
                 for tag, png in (('shown', shown), ('fresh', fresh[0] if fresh else None)):
-                    if png: (SHOTS / f'redraw{i:02d}-{tag}.png').write_bytes(png)
+                    if png: (shots / f'redraw{i:02d}-{tag}.png').write_bytes(png)
         print(f'\nexplorer redraws clean in JupyterLab: {clean} of {len(REDRAWS)} ({time.time() - t_start:.0f} s)')
         assert clean == len(REDRAWS), f'{clean} of {len(REDRAWS)} redraws clean:\n' + '\n'.join(problems)
     finally:
@@ -285,16 +293,16 @@ def _render_html(nb_path: Path, out: Path) -> Path:
         if opts.get('echo') == 'false': c.metadata.setdefault('tags', []).append('remove_input')
         cells.append(c)
     nb.cells = cells
-    ex = HTMLExporter(template_name='lab', exclude_input_prompt=True, exclude_output_prompt=True)
-    ex.register_preprocessor('nbconvert.preprocessors.TagRemovePreprocessor', enabled=True)
-    ex.preprocessors[-1].remove_input_tags = {'remove_input'}
+    from traitlets.config import Config
+    cfg = Config({'TagRemovePreprocessor': {'enabled': True, 'remove_input_tags': {'remove_input'}}})
+    ex = HTMLExporter(config=cfg, template_name='lab', exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = ex.from_notebook_node(nb)
     body = body.replace('</head>', f'<style>body {{ max-width: {QUARTO_BODY_PX}px; margin: 0 auto; }}</style></head>', 1)
     dest = out / f'{nb_path.stem}.html'; dest.write_text(body)
     return dest
 
 @pytest.fixture(scope='module')
-def docs_html(tmp_path_factory):
+def docs_html(tmp_path_factory, shots):
     "nbdev_proc_nbs (as the site build runs it, a stub `quarto` first on PATH) and the five pages rendered to HTML."
     _require_browser()
     tmp = tmp_path_factory.mktemp('docs')
@@ -305,11 +313,17 @@ def docs_html(tmp_path_factory):
     env = {**os.environ, 'PATH': f'{stub}{os.pathsep}{BIN}{os.pathsep}{os.environ.get("PATH", "")}'}
     r = subprocess.run([str(BIN / 'nbdev_proc_nbs')], cwd=tmp, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
-    out = SHOTS or tmp / 'html'; out.mkdir(parents=True, exist_ok=True)
+    out = shots or tmp / 'html'; out.mkdir(parents=True, exist_ok=True)
     return {name: _render_html(tmp / '_proc' / f'{name}.ipynb', out) for name in DOCS_PAGES}
 
 # figures (page images), players and the explorer's static view each page must show
-EXPECT = {'index': (0, 0), '00_snake': (1, 0), '03_vae': (1, 1), '06_codec': (1, 1), '08_explore': (1, 3)}
+EXPECT = {'index': (0, 0), '00_snake': (1, 0), '03_vae': (1, 1), '06_codec': (1, 0), '08_explore': (1, 3)}
+SMALLEST_PT = 7   # the house style's smallest text (tick labels), points
+
+def _image_dpi(data: bytes) -> float:
+    "The resolution a PNG or JPEG records (matplotlib writes the figure's dpi), 0 if none."
+    from PIL import Image
+    return float((Image.open(io.BytesIO(data)).info.get('dpi') or (0,))[0])
 
 @pytest.mark.parametrize('name', DOCS_PAGES)
 def test_docs_page_shows_figures_and_players(docs_html, browser, name):
@@ -318,14 +332,20 @@ def test_docs_page_shows_figures_and_players(docs_html, browser, name):
     try:
         page.goto(docs_html[name].as_uri()); page.wait_for_load_state('load')
         page.screenshot(path=str(docs_html[name].with_suffix('.png')), full_page=True)
-        imgs = page.evaluate("""[...document.querySelectorAll('.jp-OutputArea-output img')].map(i => ({
-            complete: i.complete, nw: i.naturalWidth, nh: i.naturalHeight, w: i.getBoundingClientRect().width}))""")
         figures, players = EXPECT[name]
-        assert len(imgs) >= figures, f'{name}: {len(imgs)} figures, expected at least {figures}'
-        for i in imgs:
-            assert i['complete'] and i['nw'] > 0, f'{name}: a broken image'
-            # house style: 7-point text at 100 dpi is 9.7 px; shown at >= 85 % it stays >= 8 px
-            assert i['w'] >= 0.85 * i['nw'], f'{name}: a {i["nw"]} px figure squeezed to {i["w"]:.0f} px'
+        imgs = page.locator('.jp-OutputArea-output img')
+        assert imgs.count() >= figures, f'{name}: {imgs.count()} figures, expected at least {figures}'
+        for k in range(imgs.count()):
+            img = imgs.nth(k)
+            img.scroll_into_view_if_needed()
+            nw, w = img.evaluate('i => i.complete && i.naturalWidth'), img.bounding_box()['width']
+            assert nw, f'{name}: figure {k + 1} is a broken image'
+            dpi = _image_dpi(_image_bytes(page, img))
+            assert dpi, f'{name}: figure {k + 1} records no resolution (saved outside the house style)'
+            # the house style's smallest text is 7 pt: 7/72 inch at the figure's dpi, scaled as the page shows it
+            px = SMALLEST_PT / 72 * dpi * w / nw
+            assert px >= 8, (f'{name}: figure {k + 1} ({nw} px at {dpi:.0f} dpi, shown {w:.0f} px wide): '
+                             f'its {SMALLEST_PT}-point text is {px:.1f} px high at 100 % zoom, under 8 px')
         page.wait_for_function("[...document.querySelectorAll('audio')].every(a => a.readyState >= 1)", timeout=30_000)
         durations = page.evaluate("[...document.querySelectorAll('audio')].map(a => a.duration)")
         assert len(durations) >= players, f'{name}: {len(durations)} players, expected at least {players}'
