@@ -233,7 +233,9 @@ def test_explorer_redraws_cleanly_in_jupyterlab(lab, browser, shots):
         comms = page.evaluate("""async () => { const s = await window.jupyterapp.serviceManager.settings.fetch(
                                  '@jupyterlab/apputils-extension:kernels-settings'); return (s.settings || {}).commsOverSubshells ?? s.schema.properties.commsOverSubshells.default }""")
         features = page.evaluate(f'(async () => (await {_KERNEL}.info).supported_features || [])()')
-        assert comms != 'disabled' and 'kernel subshells' in features, (comms, features)
+        assert comms != 'disabled' and 'kernel subshells' in features, (
+            f"JupyterLab's 'Kernel Comms over subshells' is {comms!r} and the kernel offers {features}: this test needs "
+            "JupyterLab 4.6's default and a kernel with subshells (ipykernel >= 7, as the dev extras install)")
         state = "json.dumps([ex.clip_a.value, ex.clip_b.value, round(ex.mix.value, 2), [round(s.value, 2) for s in ex.shifts]])"
         kernel.run('import json\n' + IMAGES)
         expected, rendered = kernel.eval(state), kernel.eval('json.dumps(id(ex.last))')
