@@ -14,6 +14,7 @@ PAGE_PX = 800          # the width of the docs page's body column: wider figures
 MIN_TEXT_PX = 8        # legible at 100 % zoom
 
 TEMP_PATH = re.compile(r'(/private)?/var/folders/|/tmp/|\btmp[a-z0-9_]{6,}\b')
+HTML_IMAGE = re.compile(r'data:image/(png|jpeg);base64,([A-Za-z0-9+/=]+)')   # pictures inside HTML outputs
 DATA_URI = re.compile(r'data:[\w/+.-]+;base64,[A-Za-z0-9+/=\s]+')   # embedded players and pictures: not text
 # a value a cell returned by accident: a bare number, bool or None, an object's default repr, a widget's repr
 BARE_VALUE = re.compile(r'-?\d+(\.\d+)?|True|False|None|<[\w.]+ object at 0x[0-9a-f]+>|\w+\(children=\(.*', re.S)
@@ -57,9 +58,10 @@ def figure_problems(nb_path: Path) -> list:
     problems = []
     for label, c in _cells(nb_path):
         for out in c.get('outputs', []):
-            for k, v in out.get('data', {}).items():
-                if not k.startswith('image/') or k == 'image/svg+xml': continue
-                im = Image.open(io.BytesIO(base64.b64decode(_text(v))))
+            pictures = [(k, _text(v)) for k, v in out.get('data', {}).items() if k in ('image/png', 'image/jpeg')]
+            pictures += [(f'image/{m[1]} in HTML', m[2]) for m in HTML_IMAGE.finditer(_text(out.get('data', {}).get('text/html', '')))]
+            for k, b64 in pictures:
+                im = Image.open(io.BytesIO(base64.b64decode(b64)))
                 dpi = float((im.info.get('dpi') or (0,))[0])
                 shown = min(im.width, PAGE_PX) / im.width
                 px = SMALLEST_PT / 72 * dpi * shown
