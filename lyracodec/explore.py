@@ -7,6 +7,7 @@ __all__ = ['edit_latent', 'Explorer']
 
 # %% ../nbs/08_explore.ipynb #93173474
 import base64, html
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -65,7 +66,7 @@ class Explorer:
         self.render()
 
     @classmethod
-    def from_folder(cls, model: VAE, folder, **kwargs) -> 'Explorer':
+    def from_folder(cls, model: VAE, folder: str | Path, **kwargs) -> 'Explorer':
         "An explorer over the audio files in `folder` (recursive)."
         files, _ = collect_files([folder], AUDIO_EXTENSIONS)
         if not files: raise ValueError(f'{folder}: no audio files ({", ".join(AUDIO_EXTENSIONS)})')
@@ -122,7 +123,7 @@ class Explorer:
         return {**self.widget._repr_mimebundle_(**kwargs),
                 'text/plain': f'Explorer of {len(self.clips)} clips (a live widget: run the notebook in JupyterLab)'}
 
-    def render(self):
+    def render(self) -> 'Explorer':
         "Redraw players and spectrograms for the current settings (widget values only: nothing is printed)."
         views = self.views()
         for (label, audio), box, (title, clip) in zip(self._slots, self.players.children, views.items()):
