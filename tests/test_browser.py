@@ -1,9 +1,10 @@
 """Real-browser checks: the explorer in a default JupyterLab driven by headless Chromium, and the processed docs pages.
 
-Needs Debian's `chromium` (apt-get install -y chromium) and Python `playwright` (pip install playwright; its own
-browser download is not used). Without them the tests are skipped with a message; under `.ci/run`
-(CI=1) a missing browser is a failure, never a skip."""
-import base64, io, json, os, re, shutil, socket, subprocess, sys, time, urllib.request
+Needs Debian's `chromium` (apt-get install -y chromium; LYRACODEC_CHROMIUM names another) and Python `playwright`
+(a dev extra; its own browser download is not used). Without them the tests are skipped with a message; under
+`.ci/run` (CI=1) a missing browser is a failure, never a skip. LYRACODEC_SHOTS=DIR (new or empty) keeps the page
+screenshots and every explorer redraw with its fresh render."""
+import base64, io, json, os, re, shutil, socket, subprocess, time, urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ IN_CI = os.environ.get('CI') == '1'   # set by .ci/run
 DOCS_PAGES = ['index', '00_snake', '03_vae', '06_codec', '08_explore']
 SHOTS = Path(os.environ['LYRACODEC_SHOTS']) if os.environ.get('LYRACODEC_SHOTS') else None
 
+QUARTO_BODY_PX = 800   # Quarto's default grid: the body column of a page is 800 px wide
+
 @pytest.fixture(scope='module')
 def shots():
     "LYRACODEC_SHOTS=DIR keeps the screenshots and every redraw: DIR must be new or empty (nothing is overwritten)."
@@ -24,7 +27,6 @@ def shots():
         pytest.fail(f'LYRACODEC_SHOTS={SHOTS}: not an empty folder; give a new one (nothing there is overwritten)')
     SHOTS.mkdir(parents=True, exist_ok=True)
     return SHOTS
-QUARTO_BODY_PX = 800   # Quarto's default grid: the body column of a page is 800 px wide
 
 def _require_browser():
     "Skip (with the reason) when Chromium or Playwright is missing; under CI, fail instead."
