@@ -6,7 +6,8 @@
 __all__ = ['edit_latent', 'Explorer']
 
 # %% ../nbs/08_explore.ipynb #93173474
-from typing import Optional
+import base64, html
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -14,13 +15,13 @@ from torch import Tensor
 from .vae import VAE
 from .audio import read_audio, collect_files, AUDIO_EXTENSIONS
 from .codec import encode_audio, decode_latents
-from .display import player, plot_mels
+from .display import player, mel_figure, figure_png
 
 # %% ../nbs/08_explore.ipynb #06de39b4
 def edit_latent(z_a: Tensor, # latent of clip A `[1, D, F]`
-                z_b: Optional[Tensor]=None, # latent of clip B `[1, D, F']`, or None
+                z_b: Tensor | None=None, # latent of clip B `[1, D, F']`, or None
                 mix: float=0.0, # 0: all A, 1: all B
-                offsets: Optional[dict]=None, # {channel: shift in channel standard deviations}
+                offsets: dict | None=None, # {channel: shift in channel standard deviations}
                ) -> Tensor: # edited latent `[1, D, min(F, F')]`
     "Interpolate two latents, then shift individual channels."
     z = z_a
@@ -51,19 +52,21 @@ class Explorer:
         self.clip_a = W.Dropdown(options=names, value=names[0], description='clip A')
         self.clip_b = W.Dropdown(options=names, value=names[-1], description='clip B')
         self.mix = W.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.05, description='A → B', continuous_update=False)
-        self.channels = [W.BoundedIntText(value=i % D, min=0, max=D - 1, description=f'channel', layout=W.Layout(width='160px'))
+        self.channels = [W.BoundedIntText(value=i % D, min=0, max=D - 1, description='channel', layout=W.Layout(width='160px'))
                          for i in range(n_sliders)]
         self.shifts = [W.FloatSlider(value=0.0, min=-4.0, max=4.0, step=0.1, description='shift (σ)', continuous_update=False)
                        for _ in range(n_sliders)]
-        self.out_players, self.out_plots, self.out_status = W.Output(), W.Output(), W.Output()
+        # three (label, player) slots: original, reconstruction, edited; the third is hidden until there is an edit
+        self._slots = [(W.Label(), W.Audio(autoplay=False, loop=False)) for _ in range(3)]
+        self.players = W.HBox([W.VBox(list(s)) for s in self._slots])
+        self.image = W.Image(format='png')
         for w in [self.clip_a, self.clip_b, self.mix, *self.channels, *self.shifts]: w.observe(self._changed, names='value')
         sliders = W.VBox([W.HBox([c, s]) for c, s in zip(self.channels, self.shifts)])
-        self.widget = W.VBox([W.HBox([self.clip_a, self.clip_b]), self.mix, sliders, self.out_status,
-                              self.out_players, self.out_plots])
+        self.widget = W.VBox([W.HBox([self.clip_a, self.clip_b]), self.mix, sliders, self.players, self.image])
         self.render()
 
     @classmethod
-    def from_folder(cls, model: VAE, folder, **kwargs) -> 'Explorer':
+    def from_folder(cls, model: VAE, folder: str | Path, **kwargs) -> 'Explorer':
         "An explorer over the audio files in `folder` (recursive)."
         files, _ = collect_files([folder], AUDIO_EXTENSIONS)
         if not files: raise ValueError(f'{folder}: no audio files ({", ".join(AUDIO_EXTENSIONS)})')
@@ -98,26 +101,50 @@ class Explorer:
         n = min(self.audio(self.clip_a.value).shape[-1], z.shape[-1] * self.model.hop_length)
         return decode_latents(self.model, z, n)[0]
 
+    def views(self) -> dict:
+        "title -> `[2, T]`: clip A, its reconstruction and, once the latent is edited, the edited latent decoded."
+        a = self.clip_a.value
+        x = self.audio(a)
+        views = {f'original: {a}': x, 'reconstruction': decode_latents(self.model, self.latent(a), x.shape[-1])[0]}
+        if self.mix.value != 0 or any(s.value for s in self.shifts): views['edited latent, decoded'] = self.result()
+        return views
+
+    def spectrogram_png(self, views: dict | None=None) -> bytes:
+        "PNG of the spectrograms of `views` (default: the current settings), built outside pyplot."
+        return figure_png(mel_figure(views or self.views(), self.model.sample_rate, figsize_per_row=(7, 1.3)))
+
+    def _player(self, clip: Tensor):
+        return player(clip, self.model.sample_rate, max_seconds=self.max_seconds, display_rate=self.display_rate)
+
     def _changed(self, change): self.render()
 
-    def render(self):
-        "Redraw players and spectrograms for the current settings."
-        from IPython.display import display, clear_output
-        import matplotlib.pyplot as plt
-        sr = self.model.sample_rate
-        a = self.clip_a.value
-        x, y = self.audio(a), self.result()
-        recon = decode_latents(self.model, self.latent(a), x.shape[-1])[0]
-        edited = self.mix.value != 0 or any(s.value for s in self.shifts)
-        clips = {f'original: {a}': x, 'reconstruction': recon}
-        if edited: clips['edited latent, decoded'] = y
-        with self.out_players:
-            clear_output(wait=True)
-            for title, c in clips.items():
-                print(title); display(player(c, sr, max_seconds=self.max_seconds, display_rate=self.display_rate))
-        with self.out_plots:
-            clear_output(wait=True)
-            fig = plot_mels(clips, sr, figsize_per_row=(7, 1.3))
-            display(fig); plt.close(fig)
-        self.last = dict(clips)
+    def _repr_mimebundle_(self, **kwargs):
+        "The live widget where a widget front end runs (JupyterLab), one short line elsewhere."
+        return {**self.widget._repr_mimebundle_(**kwargs),
+                'text/plain': f'Explorer of {len(self.clips)} clips (a live widget: run the notebook in JupyterLab)'}
+
+    def render(self) -> 'Explorer':
+        "Redraw players and spectrograms for the current settings (widget values only: nothing is printed)."
+        views = self.views()
+        for (label, audio), box, (title, clip) in zip(self._slots, self.players.children, views.items()):
+            p = self._player(clip)
+            label.value, audio.format, audio.value = title, p.mimetype.split('/')[-1], p.data
+            box.layout.display = None
+        for box in self.players.children[len(views):]: box.layout.display = 'none'
+        self.png = self.spectrogram_png(views)
+        self.image.value = self.png
+        self.last = views
         return self
+
+    def static_view(self):
+        "What the explorer shows now, as plain HTML (settings, players, spectrograms) for pages without a kernel."
+        from IPython.display import HTML
+        shifts = ', '.join(f'channel {c}: {s:+.1f} σ' for c, s in self.offsets().items() if s) or 'none'
+        rows = [f'<p><b>clip A</b> {html.escape(self.clip_a.value)} · <b>clip B</b> {html.escape(self.clip_b.value)}'
+                f' · <b>A → B</b> {self.mix.value:.2f} · <b>shifts</b> {shifts}</p>', '<div style="display:flex;flex-wrap:wrap;gap:0.5em 1em">']
+        for title, clip in self.last.items():
+            rows.append(f'<figure style="margin:0"><figcaption>{html.escape(title)}</figcaption>{self._player(clip)._repr_html_()}</figure>')
+        rows.append('</div>')
+        rows.append(f'<img alt="mel spectrograms: {html.escape(", ".join(self.last))}" '
+                    f'src="data:image/png;base64,{base64.b64encode(self.png).decode()}"/>')
+        return HTML('<div class="lyra-explorer-static">' + '\n'.join(rows) + '</div>')

@@ -8,7 +8,6 @@ __all__ = ['posterior_stats', 'sample_posterior', 'kl_divergence', 'VAE', 'save_
 # %% ../nbs/03_vae.ipynb #02d1286d
 import math
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +42,7 @@ def kl_divergence(mu: Tensor, logvar: Tensor, bottleneck: str='logvar') -> Tenso
 # %% ../nbs/03_vae.ipynb #b897adf0
 class VAE(nn.Module):
     "LyraCodec's variational autoencoder: `encode`, `decode`, and `forward` for training."
-    def __init__(self, cfg: Optional[VAEConfig]=None):
+    def __init__(self, cfg: VAEConfig | None=None):
         super().__init__()
         self.cfg = cfg or VAEConfig()
         self.encoder, self.decoder = Encoder(self.cfg), Decoder(self.cfg)
@@ -76,7 +75,7 @@ class VAE(nn.Module):
         return sample_posterior(mu, logvar) if sample else mu
 
     def decode(self, z: Tensor, # latent `[B, D, F]`
-               length: Optional[int]=None, # crop the output to this many samples
+               length: int | None=None, # crop the output to this many samples
               ) -> Tensor: # audio `[B, C, F·hop]` or `[B, C, length]`
         "Decode latents to audio."
         if not torch.is_tensor(z) or z.dim() != 3 or z.shape[1] != self.cfg.latent_dim:
@@ -99,7 +98,7 @@ class VAE(nn.Module):
 
     @classmethod
     def from_stable_audio(cls, path: PathLike, # `.safetensors` (preferred) or `.ckpt`/`.pt` of Stable Audio (Open)
-                          preset: Optional[str]=None, # if given, the file's shapes must be this preset's
+                          preset: str | None=None, # if given, the file's shapes must be this preset's
                          ) -> 'VAE': # in eval mode, weight norm kept, `bottleneck='softplus'`
         "A VAE with the weights of a Stable Audio (Open) autoencoder checkpoint (see `lyracodec.stable_audio`)."
         # encode(x) is the posterior mean; stable-audio-tools always samples: encode(x, sample=True) does that
@@ -152,7 +151,8 @@ VAE.save_pretrained = save_pretrained
 VAE.from_pretrained = staticmethod(load_pretrained)
 
 # %% ../nbs/03_vae.ipynb #ea5002b6
-def smoke_main(argv=None):
+def smoke_main(argv: list[str] | None=None, # command-line arguments (None: those of the process)
+              ) -> int: # exit status
     "Console script `lyracodec_smoke`: encode and decode a synthetic stereo clip with a fresh model, printing shapes."
     p = cli_parser('lyracodec_smoke', 'Encode and decode a synthetic stereo clip with a fresh (untrained) model and '
                    'print the shapes: the quickest check that an installation works.')
