@@ -240,7 +240,7 @@ def make_demo_corpus(dest: PathLike, # folder to fill (created if needed)
     atomic_write(dest / DEMO_MANIFEST, lambda p: Path(p).write_text(json.dumps(meta, indent=1)))
     return dest
 
-def demo_corpus_main(argv=None) -> int:
+def demo_corpus_main(argv: list[str] | None=None) -> int:
     "Console script `lyracodec_demo_corpus`: synthesise the demo corpus into a folder."
     p = cli_parser('lyracodec_demo_corpus', 'Synthesise the demo corpus (singing voices, some plucked strings and '
                    'drums) into a folder. A finished corpus of the same size and seed is left as it is.')

@@ -187,7 +187,7 @@ def format_table(rows: list) -> str:
     return '\n'.join('  '.join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
                      for row in cells)
 
-def eval_main(argv=None) -> int:
+def eval_main(argv: list[str] | None=None) -> int:
     "Console script `lyracodec_eval`: reference vs reconstructed files or folders → a metrics table, printed and written as CSV."
     from tqdm.auto import tqdm
     p = cli_parser('lyracodec_eval', 'Compare reference audio with its reconstruction (two files, or two folders '

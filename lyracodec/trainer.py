@@ -408,7 +408,7 @@ def _check_replicas(self: Trainer):
     if len(set(digests)) != 1: raise StopTraining(4, f'DDP replicas diverged: {digests}')
 
 # %% ../nbs/05_trainer.ipynb #03ad80b9
-def main(argv=None) -> int:
+def main(argv: list[str] | None=None) -> int:
     "Console script `lyracodec_train`: returns the exit code."
     a = train_parser().parse_args(argv)
     try:

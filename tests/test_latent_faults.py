@@ -261,13 +261,13 @@ def test_trainer_lock_is_free_right_after_kill_9_with_live_workers(tmp_path):
 
 # 6: Ctrl-C
 def test_ctrl_c_is_one_line_and_a_rerun_resumes(models, tmp_path, capsys):
-    d = audio_dir(tmp_path, 12, seconds=3.0)
+    d = audio_dir(tmp_path, 48, seconds=3.0)  # enough work left after the first shards that Ctrl-C lands mid-run
     out = tmp_path / 'out'
     args = [str(models / 'model'), str(d), str(out), '--workers', '1', *FAST, '--shard-size', '0.000001']
     p = subprocess.Popen([sys.executable, '-c', 'import sys; from lyracodec.preencode import main; sys.exit(main())', *args],
                          env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     t0 = time.monotonic()
-    while not ((out / SHARD_DIR).is_dir() and len(shards_of(out)) >= 2):
+    while not ((out / SHARD_DIR).is_dir() and len(shards_of(out)) >= 1):
         assert p.poll() is None and time.monotonic() - t0 < 240
         time.sleep(0.02)
     os.killpg(p.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
