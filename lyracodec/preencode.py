@@ -32,8 +32,8 @@ import lyracodec
 from .core import (EXPECTED_ERRORS, FolderLock, OutputError, PathLike, atomic_write, cli_parser,
                             os_error_message, remove_stale_temps, run_main, shown_path)
 from .audio import AUDIO_EXTENSIONS, audio_info, collect_files, resampled_length
-from .codec import (CHUNK_FRAMES, OVERLAP_FRAMES, LATENT_DTYPES, PRECISIONS, iter_chunks, autocast_to,
-                             checked_dtype, chunk_plan, compute_dtype, file_reader, model_fingerprint)
+from .codec import (CHUNK_FRAMES, LATENT_DTYPES, PRECISIONS, iter_chunks, autocast_to,
+                             checked_dtype, chunk_defaults, chunk_plan, compute_dtype, file_reader, model_fingerprint)
 from .vae import VAE, load_pretrained
 from .runtime import dist_env, pick_device
 from .shards import (PROG, PREENCODE_FORMAT, SHARD_DIR, INDEX_NAME, META_NAME, STATS_NAME, SKIPPED_NAME,
@@ -45,7 +45,7 @@ class ChunkWindows(IterableDataset):
     "Chunk windows of files, read and resampled span by span; with several DataLoader workers each takes every n-th file."
     def __init__(self, files: list, # [(path, relative path)]; an item's `key` is the position in this list
                  sample_rate: int, hop: int, # the model's rate and hop
-                 chunk_frames: int=CHUNK_FRAMES, overlap_frames: int=OVERLAP_FRAMES):
+                 chunk_frames: int=CHUNK_FRAMES, overlap_frames: int=16): # as `chunk_defaults(model, 'encode')` gives them
         self.files, self.sample_rate, self.hop, self.cf, self.of = files, sample_rate, hop, chunk_frames, overlap_frames
 
     def windows(self, key: int) -> Iterator[dict]:
@@ -78,7 +78,7 @@ def _seed_of(seed: int, rel: str) -> int:  # fsencode: a name that is not UTF-8 
 def encode_stream(model: VAE, # in eval mode, on its device
                   items: Iterable[dict], # `ChunkWindows` items, in any order across files
                   batch: int=8, # full-length chunks per model call
-                  chunk_frames: int=CHUNK_FRAMES, overlap_frames: int=OVERLAP_FRAMES, # as the windows were cut
+                  chunk_frames: int=CHUNK_FRAMES, overlap_frames: int=16, # as the windows were cut
                   dtype: Optional[torch.dtype]=None, # autocast dtype (`compute_dtype`); None = full precision
                   sample: bool=False, # draw from the posterior instead of its mean
                   seed: int=0, # seed of the draws
@@ -303,12 +303,16 @@ def _run_held(a, world: int, rank: int, local_rank: int, held: contextlib.ExitSt
     if not (math.isfinite(a.shard_size) and 0 < a.shard_size <= MAX_SHARD_MB):
         return fail(f'--shard-size must be a number of MB in (0, {MAX_SHARD_MB:,}], got {a.shard_size}')
     try:
-        chunk_plan(1, a.chunk_frames, a.overlap_frames)
+        chunk_plan(1, a.chunk_frames, a.overlap_frames or 0)
         device = pick_device(a.device, local_rank, key='--device')
         cdtype = compute_dtype(a.precision, device)
     except (ValueError, RuntimeError) as e: return fail(e)  # a ConfigError names its option (--device)
     try: model = load_pretrained(a.model, map_location=str(device))
     except EXPECTED_ERRORS as e: return fail(f'cannot load model: {os_error_message(e, a.model)}')
+    model.fold_weight_norm()  # inference only: one plain weight per convolution instead of recomputing it per chunk
+    a.chunk_frames, a.overlap_frames = chunk_defaults(model, 'encode', a.chunk_frames, a.overlap_frames)
+    try: chunk_plan(1, a.chunk_frames, a.overlap_frames)
+    except ValueError as e: return fail(e)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         try: cdtype = checked_dtype(model, cdtype, a.precision)
@@ -380,7 +384,9 @@ def main(argv=None) -> int:
     p.add_argument('--workers', type=int, default=2, help='DataLoader processes reading audio (0: this process)')
     p.add_argument('--shard-size', type=float, default=256, help='MB of latents per shard')
     p.add_argument('--chunk-frames', type=int, default=CHUNK_FRAMES, help='latent frames per chunk')
-    p.add_argument('--overlap-frames', type=int, default=OVERLAP_FRAMES, help='latent frames of overlap (crossfaded)')
+    p.add_argument('--overlap-frames', type=int, default=None,
+                   help="latent frames shared by consecutive windows (default: twice the model's encoder reach, which makes "
+                        'chunked latents equal whole-file latents)')
     p.add_argument('--device', default='auto', help="'auto' (this rank's CUDA device if present), 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument('--sample', action='store_true', help='draw from the posterior instead of storing its mean')
     p.add_argument('--seed', type=int, default=0, help='seed of the draws of --sample')
