@@ -285,7 +285,10 @@ COMPILE_AUTO_FRAMES = 1024  # ≈ 48 s: below this the compile (even from the ca
 
 def inductor_cache() -> Path:
     "The on-disk cache of compiled code: `inductor/` in the LyraCodec cache folder, unless TORCHINDUCTOR_CACHE_DIR is set."
-    d = Path(os.environ.get('TORCHINDUCTOR_CACHE_DIR') or cache_dir() / 'inductor')
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    own = os.environ.get('TORCHINDUCTOR_CACHE_DIR')
+    if own == default_cache_dir(): own = None  # torch writes its default there once it has looked: not the user's choice
+    d = Path(own or cache_dir() / 'inductor')
     os.environ['TORCHINDUCTOR_CACHE_DIR'] = str(d)  # read by Inductor whenever it compiles
     return d
 
