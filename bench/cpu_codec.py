@@ -162,6 +162,25 @@ def exactness(frames: int, threads: int) -> dict:
     rel = lambda a, b: ((a - b).abs().max() / b.abs().max()).item()
     return dict(encode=rel(zc, z), decode=rel(yc, y))
 
+def window_sweep(sizes: list, threads: int) -> list:
+    "Eager fp32 seconds per kept frame at each window size (its own overlap subtracted): the chunk size's trade-off."
+    import torch
+    torch.set_num_threads(threads)
+    from lyracodec.vae import VAE, VAEConfig
+    from lyracodec.codec import chunk_defaults
+    torch.manual_seed(0)
+    model = VAE(VAEConfig.preset('full')).eval().fold_weight_norm()
+    out = []
+    with torch.no_grad():
+        model.encode(torch.zeros(1, 2, 8 * HOP)); model.decode(torch.zeros(1, 64, 8))
+        for w in sizes:
+            row = [w]
+            for what, f, a in (('encode', model.encode, 0.1 * torch.randn(1, 2, w * HOP)), ('decode', model.decode, torch.randn(1, 64, w))):
+                of = chunk_defaults(model, what)[1]
+                f(a); t = time.perf_counter(); f(a); row.append((time.perf_counter() - t) / (w - of))
+            out.append(row)
+    return out
+
 def write_wav(path: Path, seconds: float):
     import numpy as np, soundfile as sf
     rng = np.random.default_rng(0)
@@ -198,6 +217,7 @@ def main():
     p.add_argument('--skip-sat', action='store_true'); p.add_argument('--sat-dir', default=None,
                    help='folder with stable-audio-tools installed (pip --target); default: install it into a temporary one')
     p.add_argument('--modes', nargs='*', default=['eager', 'tuned'])
+    p.add_argument('--sweep', type=int, nargs='*', default=[64, 128, 256], help='window sizes to time (eager fp32)')
     a = p.parse_args()
     import torch
     flags = Path('/proc/cpuinfo').read_text() if Path('/proc/cpuinfo').exists() else ''
@@ -258,6 +278,11 @@ def main():
             ex = exactness(a.exact_frames, a.threads)
             print(f'\nchunked vs whole-file, fp32, full preset, {a.exact_frames} frames, default plan: max |diff| / max |whole| '
                   f'= {ex["encode"]:.1e} (latents), {ex["decode"]:.1e} (audio)', flush=True)
+        if a.sweep:
+            print(f'\nWindow size, eager fp32, ms per kept frame (overlap 16 encode / 20 decode subtracted; load {os.getloadavg()[0]:.1f}):')
+            print('| window frames | encode ms/frame | decode ms/frame |')
+            print('|---|---|---|')
+            for w, e, dd in window_sweep(a.sweep, a.threads): print(f'| {w} | {e * 1e3:.0f} | {dd * 1e3:.0f} |', flush=True)
         if not a.skip_e2e:
             cases = [(p_, c) for p_ in ('fp32', 'bf16') for c in ('off', 'auto', 'auto')]  # auto twice: cold, then warm cache
             res = e2e(a.e2e_seconds, a.threads, d, cases)
