@@ -197,8 +197,8 @@ def e2e(seconds: float, threads: int, d: Path, cases: list) -> list:
     env = {**os.environ, 'OMP_NUM_THREADS': str(threads), 'LYRACODEC_CACHE': str(d / 'cache')}
     bin_ = Path(sys.executable).parent
     rows = []
-    for prec, comp in cases:
-        tag = f'{prec}-{comp}'
+    for k, (prec, comp) in enumerate(cases):
+        tag = f'{k}-{prec}-{comp}'
         out = []
         for prog, src, dst in (('lyracodec_encode', d / 'in', d / f'lat-{tag}'), ('lyracodec_decode', d / f'lat-{tag}', d / f'dec-{tag}')):
             t = time.perf_counter()
