@@ -89,4 +89,4 @@ def decode_index_item(model: VAE, # the model that encoded the folder
     i = item if isinstance(item, int) else next((j for j, r in enumerate(ds.items) if r['path'] == item), None)
     if i is None: raise KeyError(f'{item!r} is not in {Path(out_dir, INDEX_NAME)}')
     r = ds.items[i]
-    return decode_latents(model, ds.read(i)[None], r['samples'], meta['chunk_frames'], meta['overlap_frames'], dtype)[0]
+    return decode_latents(model, ds.read(i)[None], r['samples'], dtype=dtype)[0]  # the decoder's own chunk plan

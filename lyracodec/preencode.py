@@ -20,7 +20,7 @@ import warnings
 from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -32,8 +32,9 @@ import lyracodec
 from .core import (EXPECTED_ERRORS, FolderLock, OutputError, PathLike, atomic_write, cli_parser,
                             os_error_message, remove_stale_temps, run_main, shown_path)
 from .audio import AUDIO_EXTENSIONS, audio_info, collect_files, resampled_length
-from .codec import (CHUNK_FRAMES, OVERLAP_FRAMES, LATENT_DTYPES, PRECISIONS, iter_chunks, autocast_to,
-                             checked_dtype, chunk_plan, compute_dtype, file_reader, model_fingerprint)
+from .codec import (CHUNK_FRAMES, COMPILE_CHOICES, COMPILE_AUTO_FRAMES, LATENT_DTYPES, PRECISIONS, CompiledRun,
+                             iter_chunks, autocast_to, checked_dtype, chunk_defaults, chunk_plan, compute_dtype,
+                             file_reader, model_fingerprint, wants_compile)
 from .vae import VAE, load_pretrained
 from .runtime import dist_env, pick_device
 from .shards import (PROG, PREENCODE_FORMAT, SHARD_DIR, INDEX_NAME, META_NAME, STATS_NAME, SKIPPED_NAME,
@@ -45,8 +46,10 @@ class ChunkWindows(IterableDataset):
     "Chunk windows of files, read and resampled span by span; with several DataLoader workers each takes every n-th file."
     def __init__(self, files: list, # [(path, relative path)]; an item's `key` is the position in this list
                  sample_rate: int, hop: int, # the model's rate and hop
-                 chunk_frames: int=CHUNK_FRAMES, overlap_frames: int=OVERLAP_FRAMES):
+                 chunk_frames: int=CHUNK_FRAMES, overlap_frames: int=16, # as `chunk_defaults(model, 'encode')` gives them
+                 fixed: bool=False): # every window full length (`chunk_plan`), for compiled windows
         self.files, self.sample_rate, self.hop, self.cf, self.of = files, sample_rate, hop, chunk_frames, overlap_frames
+        self.fixed = fixed
 
     def windows(self, key: int) -> Iterator[dict]:
         "Items of file `key`: `{key, k, n, x [C, (b-a)·hop], rec}` per chunk (`rec` on the first), or one `{key, error}`."
@@ -54,7 +57,7 @@ class ChunkWindows(IterableDataset):
         try:
             st, info = os.stat(path), audio_info(path)
             n = resampled_length(info['frames'], info['sample_rate'], self.sample_rate)
-            plan = chunk_plan(math.ceil(n / self.hop), self.cf, self.of)
+            plan = chunk_plan(math.ceil(n / self.hop), self.cf, self.of, self.fixed)
             rec = dict(path=rel, frames=plan[-1][1], samples=n, source_sample_rate=info['sample_rate'],
                        source_channels=info['channels'], source_frames=info['frames'], sha256=file_sha256(path),
                        size=st.st_size, mtime_ns=st.st_mtime_ns)
@@ -78,10 +81,12 @@ def _seed_of(seed: int, rel: str) -> int:  # fsencode: a name that is not UTF-8 
 def encode_stream(model: VAE, # in eval mode, on its device
                   items: Iterable[dict], # `ChunkWindows` items, in any order across files
                   batch: int=8, # full-length chunks per model call
-                  chunk_frames: int=CHUNK_FRAMES, overlap_frames: int=OVERLAP_FRAMES, # as the windows were cut
+                  chunk_frames: int=CHUNK_FRAMES, overlap_frames: int=16, # as the windows were cut
                   dtype: Optional[torch.dtype]=None, # autocast dtype (`compute_dtype`); None = full precision
                   sample: bool=False, # draw from the posterior instead of its mean
                   seed: int=0, # seed of the draws
+                  posterior: Optional[Callable]=None, # x -> (mu, logvar) float32, e.g. a `CompiledRun`; None: the model's
+                  fixed: bool=False, # as the windows were cut
                  ) -> Iterator[tuple]: # (key, record, latents `[D, F]` float32, None) or (key, None, None, error)
     "Encode windows in batches of equal length gathered across files; yield each file when all its chunks are done."
     dev, budget = next(model.parameters()).device, batch * chunk_frames
@@ -91,7 +96,7 @@ def encode_stream(model: VAE, # in eval mode, on its device
         f = files.pop(key)
         outs = (f['out'].pop(k)[None] for k in range(f['n']))  # [1, D or 2D, b - a], released as used
         z, at = torch.empty(f['out'][0].shape[0], f['rec']['frames']), 0  # [D or 2D, F]
-        for piece in iter_chunks(lambda a, b: next(outs), f['rec']['frames'], 1, chunk_frames, overlap_frames):
+        for piece in iter_chunks(lambda a, b: next(outs), f['rec']['frames'], 1, chunk_frames, overlap_frames, fixed):
             z[:, at:at + piece.shape[-1]] = piece[0]
             at += piece.shape[-1]
         if sample:
@@ -105,7 +110,9 @@ def encode_stream(model: VAE, # in eval mode, on its device
         ws = buckets.pop(L)
         waiting -= L * len(ws)
         x = torch.stack([w['x'] for w in ws]).to(dev, non_blocking=True)  # [B, C, L·hop]
-        with autocast_to(dtype, dev): mu, logvar = model.posterior(x)  # [B, D, L] each
+        if posterior is not None: mu, logvar = posterior(x)  # [B, D, L] each
+        else:
+            with autocast_to(dtype, dev): mu, logvar = model.posterior(x)
         h = (torch.cat([mu, logvar], 1) if sample else mu).float().cpu()
         for w, y in zip(ws, h):
             if w['key'] in files: files[w['key']]['out'][w['k']] = y
@@ -270,15 +277,28 @@ def _changed(path, sha256: Optional[str]) -> bool:
     try: return file_sha256(path) != sha256
     except OSError: return True
 
+def _share_frames(model: VAE, share: list) -> int:
+    "Latent frames of the files of a share, from their headers (unreadable ones count nothing: they are skipped later)."
+    n = 0
+    for path, _ in share:
+        try: info = audio_info(path)
+        except EXPECTED_ERRORS: continue
+        n += math.ceil(resampled_length(info['frames'], info['sample_rate'], model.sample_rate) / model.hop_length)
+    return n
+
 def _encode_share(model: VAE, share: list, a, run_id: str, rank: int, device, cdtype, show: bool) -> dict:
     "Encode this rank's files into its own shards; what could not be encoded is returned, not raised."
     from tqdm.auto import tqdm
-    ds = ChunkWindows(share, model.sample_rate, model.hop_length, a.chunk_frames, a.overlap_frames)
+    post = None
+    if a.compile != 'off' and wants_compile(a.compile, device, _share_frames(model, share), a.chunk_frames):
+        post = CompiledRun(model, 'posterior', a.chunk_frames, cdtype)  # one compiled window shape; batches of it
+    ds = ChunkWindows(share, model.sample_rate, model.hop_length, a.chunk_frames, a.overlap_frames, post is not None)
     dl = DataLoader(ds, batch_size=None, num_workers=a.workers, pin_memory=device.type == 'cuda')
     writer = ShardWriter(Path(a.out_dir) / SHARD_DIR, f'{run_id}-r{rank:03d}', int(a.shard_size * 2 ** 20))
     skips, samples, t0 = {}, 0, time.perf_counter()
     bar = tqdm(total=len(share), unit='file', desc=PROG, disable=not show, file=sys.stderr)
-    for key, rec, z, err in encode_stream(model, dl, a.batch, a.chunk_frames, a.overlap_frames, cdtype, a.sample, a.seed):
+    for key, rec, z, err in encode_stream(model, dl, a.batch, a.chunk_frames, a.overlap_frames, cdtype, a.sample, a.seed,
+                                          post, post is not None):
         if err is None:
             z = z.to(LATENT_DTYPES[a.dtype])  # [D, F] as stored
             if torch.isfinite(z).all(): writer.add(rec, z); samples += rec['samples']
@@ -303,12 +323,16 @@ def _run_held(a, world: int, rank: int, local_rank: int, held: contextlib.ExitSt
     if not (math.isfinite(a.shard_size) and 0 < a.shard_size <= MAX_SHARD_MB):
         return fail(f'--shard-size must be a number of MB in (0, {MAX_SHARD_MB:,}], got {a.shard_size}')
     try:
-        chunk_plan(1, a.chunk_frames, a.overlap_frames)
+        chunk_plan(1, a.chunk_frames, a.overlap_frames or 0)
         device = pick_device(a.device, local_rank, key='--device')
         cdtype = compute_dtype(a.precision, device)
     except (ValueError, RuntimeError) as e: return fail(e)  # a ConfigError names its option (--device)
     try: model = load_pretrained(a.model, map_location=str(device))
     except EXPECTED_ERRORS as e: return fail(f'cannot load model: {os_error_message(e, a.model)}')
+    model.fold_weight_norm()  # inference only: one plain weight per convolution instead of recomputing it per chunk
+    a.chunk_frames, a.overlap_frames = chunk_defaults(model, 'encode', a.chunk_frames, a.overlap_frames)
+    try: chunk_plan(1, a.chunk_frames, a.overlap_frames)
+    except ValueError as e: return fail(e)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         try: cdtype = checked_dtype(model, cdtype, a.precision)
@@ -373,6 +397,9 @@ def main(argv=None) -> int:
     p.add_argument('--rehash', action='store_true', help='hash the source files again: re-encode (or, with --verify, '
                    'report) those whose bytes changed though their size and modification time did not')
     p.add_argument('--dtype', default='float16', choices=sorted(LATENT_DTYPES), help='stored latent precision')
+    p.add_argument('--compile', default='auto', choices=COMPILE_CHOICES,
+                   help=f'compiled windows (torch.compile, cached on disk): auto = on a CPU when the files hold at least '
+                        f'{COMPILE_AUTO_FRAMES} latent frames, where it measured faster')
     p.add_argument('--precision', default='auto', choices=PRECISIONS,
                    help='compute precision: auto = bf16 where the hardware runs it fast, fp32 otherwise')
     p.add_argument('--batch', type=int, default=0,
@@ -380,7 +407,9 @@ def main(argv=None) -> int:
     p.add_argument('--workers', type=int, default=2, help='DataLoader processes reading audio (0: this process)')
     p.add_argument('--shard-size', type=float, default=256, help='MB of latents per shard')
     p.add_argument('--chunk-frames', type=int, default=CHUNK_FRAMES, help='latent frames per chunk')
-    p.add_argument('--overlap-frames', type=int, default=OVERLAP_FRAMES, help='latent frames of overlap (crossfaded)')
+    p.add_argument('--overlap-frames', type=int, default=None,
+                   help="latent frames shared by consecutive windows (default: twice the model's encoder reach, which makes "
+                        'chunked latents equal whole-file latents)')
     p.add_argument('--device', default='auto', help="'auto' (this rank's CUDA device if present), 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument('--sample', action='store_true', help='draw from the posterior instead of storing its mean')
     p.add_argument('--seed', type=int, default=0, help='seed of the draws of --sample')

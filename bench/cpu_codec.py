@@ -1,0 +1,302 @@
+"""The codec on this CPU against the hardware's limit: one table of model calls, end-to-end commands, stable-audio-tools.
+
+Usage (from the checkout root; run it when the machine is otherwise idle):
+    .venv/bin/python bench/cpu_codec.py [--threads 2] [--frames 128] [--runs 3] [--e2e-seconds 60]
+                                        [--exact-frames 600] [--skip-e2e] [--skip-sat] [--sat-dir DIR]
+
+* Peak: a 2048 x 2048 matmul on `--threads` threads, fp32 and bf16, median of 10 (the CPU's practical limit at that
+  precision), measured in this run; every GFLOP/s figure is also given as its share of that peak.
+* Work: the full preset's FLOP per second of stereo audio per direction, counted by torch's FlopCounterMode
+  (convolutions; elementwise work is not counted, so the shares are of useful matrix work).
+* Model calls: full preset, random weights (speed does not depend on them), weight norm folded, one window of
+  `--frames` latent frames, eager and tuned (`lyracodec.codec.CompiledRun`: Inductor with freezing), fp32 and bf16.
+  Each configuration runs in a fresh process: "first call" is the first call's time (oneDNN primitive creation;
+  compiling for tuned) with an empty compile cache (cold) and again with the cache the cold process left (warm);
+  then the median of `--runs` calls; peak RSS is the process's VmHWM; the error is the relative RMS difference
+  against eager fp32 on the same input.
+* Exactness: chunked (the default plan) against whole-file output, fp32, `--exact-frames` frames, full preset.
+* End to end: `lyracodec_encode` then `lyracodec_decode` on a `--e2e-seconds` stereo WAV, wall time of each
+  command including start-up (imports, model load, compiling), share of the peak in useful FLOP.
+* stable-audio-tools: its Oobleck encoder and decoder (from the PyPI package, installed with --no-deps into its own
+  folder and imported with the modules it needs only for other models stubbed), the same shape, weights and input,
+  weight norm removed like ours, eager at each precision, same window, in this run.
+"""
+import argparse, json, os, statistics, subprocess, sys, tempfile, time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HOP, SR = 2048, 44100
+
+CHILD = r'''
+import json, os, statistics, sys, time
+t_start = time.perf_counter()
+import torch
+torch.set_num_threads({threads})
+from lyracodec.vae import VAE, VAEConfig
+from lyracodec.codec import autocast_to, CompiledRun
+torch.manual_seed(0)
+model = VAE(VAEConfig.preset('full')).eval().fold_weight_norm()
+g = torch.Generator().manual_seed(1)
+x = 0.1 * torch.randn(1, 2, {frames} * 2048, generator=g)
+z = torch.randn(1, 64, {frames}, generator=g)
+dt = None if {prec!r} == 'fp32' else torch.bfloat16
+res = dict(build_s=time.perf_counter() - t_start)
+for what, inp in (('encode', x), ('decode', z)):
+    if {mode!r} == 'tuned': run = CompiledRun(model, what, {frames}, dt)
+    else:
+        f = model.encode if what == 'encode' else model.decode
+        def run(a, f=f):
+            with autocast_to(dt, 'cpu'): return f(a).float()
+    with torch.no_grad():
+        t = time.perf_counter(); y = run(inp).float(); first = time.perf_counter() - t
+        ts = []
+        for _ in range({runs}):
+            t = time.perf_counter(); run(inp); ts.append(time.perf_counter() - t)
+    res[what] = dict(first_s=first, median_s=statistics.median(ts), runs=ts)
+    ref = {ref!r}
+    if ref and os.path.exists(ref + what): r = torch.load(ref + what); res[what]['err'] = ((y - r).norm() / r.norm()).item()
+    elif ref: torch.save(y, ref + what); res[what]['err'] = 0.0
+res['peak_mb'] = int([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0]) / 1024
+print('RESULT ' + json.dumps(res))
+'''
+
+SAT_CHILD = r'''
+import json, statistics, sys, time, types, importlib.abc, importlib.machinery
+SAT = {sat!r}
+sys.path.insert(0, SAT)
+class _Any(type):
+    def __getattr__(cls, n): return _Stub
+class _Stub(metaclass=_Any):
+    def __init__(self, *a, **k): pass
+    def __call__(self, *a, **k): return a[0] if a and callable(a[0]) else _Stub
+class _StubModule(types.ModuleType):
+    __path__ = []
+    def __getattr__(self, n):
+        if n.startswith('__'): raise AttributeError(n)
+        return _Stub
+class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    "Stand-ins for third-party modules that SAT's own files import and that are not installed (used by other models)."
+    def find_spec(self, name, path, target=None):
+        top = name.split('.')[0]
+        f = sys._getframe(1)
+        while f is not None and f.f_code.co_filename.startswith('<frozen'): f = f.f_back
+        if f is None or not f.f_code.co_filename.startswith(SAT): return None
+        if top in sys.stdlib_module_names or top.startswith('_') or top in ('torch', 'numpy', 'stable_audio_tools'): return None
+        for m in sys.meta_path:
+            if m is self: continue
+            try: s = m.find_spec(name, path, target)
+            except Exception: s = None
+            if s is not None: return None
+        return importlib.machinery.ModuleSpec(name, self, is_package=True)
+    def create_module(self, spec): return _StubModule(spec.name)
+    def exec_module(self, m): pass
+sys.meta_path.append(_Finder())
+import torch
+torch.set_num_threads({threads})
+from stable_audio_tools.models.autoencoders import OobleckEncoder, OobleckDecoder
+kw = dict(channels=128, c_mults=[1, 2, 4, 8, 16], strides=[2, 4, 4, 8, 8], use_snake=True)
+torch.manual_seed(0)
+enc = OobleckEncoder(in_channels=2, latent_dim=128, **kw).eval()
+dec = OobleckDecoder(out_channels=2, latent_dim=64, **kw).eval()
+for m in list(enc.modules()) + list(dec.modules()):
+    try: torch.nn.utils.remove_weight_norm(m)
+    except ValueError: pass
+g = torch.Generator().manual_seed(1)
+x = 0.1 * torch.randn(1, 2, {frames} * 2048, generator=g)
+z = torch.randn(1, 64, {frames}, generator=g)
+res = {{}}
+for prec in ('fp32', 'bf16'):
+    ctx = (lambda: torch.autocast('cpu', dtype=torch.bfloat16)) if prec == 'bf16' else torch.no_grad
+    for what, f, a in (('encode', enc, x), ('decode', dec, z)):
+        with torch.no_grad(), ctx():
+            f(a); ts = []
+            for _ in range({runs}):
+                t = time.perf_counter(); f(a); ts.append(time.perf_counter() - t)
+        res[prec + ' ' + what] = statistics.median(ts)
+print('RESULT ' + json.dumps(res))
+'''
+
+def child(code: str, env=None) -> dict:
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, 'PYTHONPATH': str(ROOT), **(env or {})})
+    line = [l for l in r.stdout.splitlines() if l.startswith('RESULT ')]
+    if r.returncode or not line: raise RuntimeError(r.stderr.strip().splitlines()[-3:] if r.stderr.strip() else f'exit {r.returncode}')
+    return json.loads(line[-1][7:])
+
+def matmul_peak(threads: int) -> dict:
+    import torch
+    torch.set_num_threads(threads)
+    out = {}
+    for name, dt in (('fp32', torch.float32), ('bf16', torch.bfloat16)):
+        a, b = torch.randn(2048, 2048, dtype=dt), torch.randn(2048, 2048, dtype=dt)
+        for _ in range(3): a @ b
+        ts = []
+        for _ in range(10):
+            t = time.perf_counter(); a @ b; ts.append(time.perf_counter() - t)
+        out[name] = 2 * 2048 ** 3 / statistics.median(ts) / 1e9
+    return out
+
+def flops_per_second() -> dict:
+    "FLOP per second of stereo audio, encode and decode, full preset (FlopCounterMode on 8 frames)."
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from lyracodec.vae import VAE, VAEConfig
+    model = VAE(VAEConfig.preset('full')).eval().fold_weight_norm()
+    out = {}
+    for what, f, a in (('encode', model.encode, torch.zeros(1, 2, 8 * HOP)), ('decode', model.decode, torch.zeros(1, 64, 8))):
+        with torch.no_grad(), FlopCounterMode(display=False) as fc: f(a)
+        out[what] = fc.get_total_flops() / (8 * HOP / SR)
+    return out
+
+def exactness(frames: int, threads: int) -> dict:
+    import torch
+    torch.set_num_threads(threads)
+    from lyracodec.vae import VAE, VAEConfig
+    from lyracodec.codec import encode_audio, decode_latents
+    torch.manual_seed(0)
+    model = VAE(VAEConfig.preset('full')).eval().fold_weight_norm()
+    x = 0.1 * torch.randn(1, 2, frames * HOP - 1000, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        z = model.encode(x); zc = encode_audio(model, x)
+        y = model.decode(z, x.shape[-1]); yc = decode_latents(model, z, x.shape[-1])
+    rel = lambda a, b: ((a - b).abs().max() / b.abs().max()).item()
+    return dict(encode=rel(zc, z), decode=rel(yc, y))
+
+def window_sweep(sizes: list, threads: int) -> list:
+    "Eager fp32 seconds per kept frame at each window size (its own overlap subtracted): the chunk size's trade-off."
+    import torch
+    torch.set_num_threads(threads)
+    from lyracodec.vae import VAE, VAEConfig
+    from lyracodec.codec import chunk_defaults
+    torch.manual_seed(0)
+    model = VAE(VAEConfig.preset('full')).eval().fold_weight_norm()
+    out = []
+    with torch.no_grad():
+        model.encode(torch.zeros(1, 2, 8 * HOP)); model.decode(torch.zeros(1, 64, 8))
+        for w in sizes:
+            row = [w]
+            for what, f, a in (('encode', model.encode, 0.1 * torch.randn(1, 2, w * HOP)), ('decode', model.decode, torch.randn(1, 64, w))):
+                of = chunk_defaults(model, what)[1]
+                f(a); t = time.perf_counter(); f(a); row.append((time.perf_counter() - t) / (w - of))
+            out.append(row)
+    return out
+
+def write_wav(path: Path, seconds: float):
+    import numpy as np, soundfile as sf
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * SR)) / SR
+    x = 0.3 * np.stack([np.sin(2 * np.pi * 220 * t), np.sin(2 * np.pi * 330 * t + 1)], 1) + 0.05 * rng.standard_normal((t.size, 2))
+    sf.write(path, x.astype('float32'), SR, subtype='PCM_16')
+
+def e2e(seconds: float, threads: int, d: Path, cases: list) -> list:
+    import torch
+    from lyracodec.vae import VAE, VAEConfig, save_pretrained
+    torch.manual_seed(0)
+    save_pretrained(VAE(VAEConfig.preset('full')), d / 'model')
+    (d / 'in').mkdir(); write_wav(d / 'in' / 'song.wav', seconds)
+    env = {**os.environ, 'OMP_NUM_THREADS': str(threads), 'LYRACODEC_CACHE': str(d / 'cache')}
+    bin_ = Path(sys.executable).parent
+    rows = []
+    for k, (prec, comp) in enumerate(cases):
+        tag = f'{k}-{prec}-{comp}'
+        out = []
+        for prog, src, dst in (('lyracodec_encode', d / 'in', d / f'lat-{tag}'), ('lyracodec_decode', d / f'lat-{tag}', d / f'dec-{tag}')):
+            t = time.perf_counter()
+            r = subprocess.run([str(bin_ / prog), str(src), '--model', str(d / 'model'), '-o', str(dst), '-q', '--precision', prec,
+                                '--compile', comp], capture_output=True, text=True, env=env)
+            if r.returncode: raise RuntimeError(f'{prog}: {r.stderr.strip()[-500:]}')
+            out.append(time.perf_counter() - t)
+        rows.append((prec, comp, *out))
+    return rows
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--threads', type=int, default=2); p.add_argument('--frames', type=int, default=128)
+    p.add_argument('--runs', type=int, default=3); p.add_argument('--e2e-seconds', type=float, default=60)
+    p.add_argument('--exact-frames', type=int, default=600); p.add_argument('--skip-e2e', action='store_true')
+    p.add_argument('--skip-sat', action='store_true'); p.add_argument('--sat-dir', default=None,
+                   help='folder with stable-audio-tools installed (pip --target); default: install it into a temporary one')
+    p.add_argument('--modes', nargs='*', default=['eager', 'tuned'])
+    p.add_argument('--sweep', type=int, nargs='*', default=[64, 128, 256], help='window sizes to time (eager fp32)')
+    a = p.parse_args()
+    import torch
+    flags = Path('/proc/cpuinfo').read_text() if Path('/proc/cpuinfo').exists() else ''
+    cpu = next((l.split(':', 1)[1].strip() for l in flags.splitlines() if l.startswith('model name')), '?')
+    isa = ', '.join(f for f in ('avx512_bf16', 'amx_bf16') if f in flags) or 'no bf16 units'
+    print(f'{cpu} ({isa}); torch {torch.__version__}; {a.threads} threads; load {os.getloadavg()[0]:.1f} '
+          f'{os.getloadavg()[1]:.1f} {os.getloadavg()[2]:.1f}', flush=True)
+    peak = matmul_peak(a.threads)
+    work = flops_per_second()
+    print(f'matmul 2048^2 peak: fp32 {peak["fp32"]:.0f} GFLOP/s, bf16 {peak["bf16"]:.0f} GFLOP/s; model work: '
+          f'encode {work["encode"] / 1e9:.1f}, decode {work["decode"] / 1e9:.1f} GFLOP per second of stereo', flush=True)
+    audio_s = a.frames * HOP / SR
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        ref = str(d / 'ref-')
+        cache = {'TORCHINDUCTOR_CACHE_DIR': str(d / 'inductor')}
+        for prec in ('fp32', 'bf16'):
+            for mode in a.modes:
+                kw = dict(threads=a.threads, frames=a.frames, runs=a.runs, prec=prec, mode=mode, ref=ref)
+                r = child(CHILD.format(**kw), cache)
+                warm = child(CHILD.format(**kw), cache) if mode == 'tuned' else None
+                rows.append((mode, prec, r, warm))
+                print(f'  ran {mode} {prec} (load {os.getloadavg()[0]:.1f})', flush=True)
+        sat = None
+        if not a.skip_sat and rows:
+            try:
+                sat_dir = a.sat_dir or str(d / 'sat')
+                if not a.sat_dir:
+                    r = subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', '--ignore-requires-python',
+                                        '--target', sat_dir, 'stable-audio-tools==0.0.20'], capture_output=True, text=True, timeout=300)
+                    if r.returncode: raise RuntimeError(r.stderr.strip().splitlines()[-1:])
+                sat = child(SAT_CHILD.format(sat=sat_dir, threads=a.threads, frames=a.frames, runs=a.runs))
+            except Exception as e: print(f'stable-audio-tools skipped: {e}')
+        if rows: print(f'\nModel calls: full preset, one {a.frames}-frame window ({audio_s:.2f} s of stereo), {a.threads} threads, '
+              f'median of {a.runs}')
+        if rows: print(f'| path | precision | direction | s | x real time | GFLOP/s | share of peak | first call cold s | '
+              f'first call warm s | peak MB | error vs eager fp32 |')
+        if rows: print('|---|---|---|---|---|---|---|---|---|---|---|')
+        for mode, prec, r, warm in rows:
+            for what in ('encode', 'decode'):
+                m = (warm or r)[what]; s = m['median_s']
+                gf = work[what] * audio_s / s / 1e9
+                print(f'| {mode} | {prec} | {what} | {s:.2f} | {audio_s / s:.2f} | {gf:.0f} | {gf / peak[prec]:.0%} | '
+                      f'{r[what]["first_s"]:.1f} | {(warm or r)[what]["first_s"]:.1f} | {max(r["peak_mb"], (warm or r)["peak_mb"]):.0f} | '
+                      f'{m.get("err", float("nan")):.1e} |')
+        if sat:
+            print('\nstable-audio-tools 0.0.20, same window, eager (weight norm removed), same run:')
+            print('| precision | direction | SAT s | LyraCodec eager s | LyraCodec best s | best / SAT speed-up |')
+            print('|---|---|---|---|---|---|')
+            for prec in ('fp32', 'bf16'):
+                for what in ('encode', 'decode'):
+                    ours = {mode: (warm or r)[what]['median_s'] for mode, p_, r, warm in rows if p_ == prec}
+                    s = sat[f'{prec} {what}']
+                    print(f'| {prec} | {what} | {s:.2f} | {ours.get("eager", float("nan")):.2f} | {min(ours.values()):.2f} | '
+                          f'{s / min(ours.values()):.2f}x |')
+        if a.exact_frames:
+            ex = exactness(a.exact_frames, a.threads)
+            print(f'\nchunked vs whole-file, fp32, full preset, {a.exact_frames} frames, default plan: max |diff| / max |whole| '
+                  f'= {ex["encode"]:.1e} (latents), {ex["decode"]:.1e} (audio)', flush=True)
+        if a.sweep:
+            print(f'\nWindow size, eager fp32, ms per kept frame (overlap 16 encode / 20 decode subtracted; load {os.getloadavg()[0]:.1f}):')
+            print('| window frames | encode ms/frame | decode ms/frame |')
+            print('|---|---|---|')
+            for w, e, dd in window_sweep(a.sweep, a.threads): print(f'| {w} | {e * 1e3:.0f} | {dd * 1e3:.0f} |', flush=True)
+        if not a.skip_e2e:
+            cases = [(p_, c) for p_ in ('fp32', 'bf16') for c in ('off', 'auto', 'auto')]  # auto twice: cold, then warm cache
+            res = e2e(a.e2e_seconds, a.threads, d, cases)
+            print(f'\nEnd to end, {a.e2e_seconds:g} s stereo WAV, full preset, wall time including start-up '
+                  f'(load {os.getloadavg()[0]:.1f}):')
+            print('| precision | --compile | encode s | x real time | share of peak | decode s | x real time | share of peak |')
+            print('|---|---|---|---|---|---|---|---|')
+            seen = set()
+            for prec, comp, te, td in res:
+                label = comp if comp == 'off' else ('auto, warm cache' if (prec, comp) in seen else 'auto, cold cache')
+                seen.add((prec, comp))
+                se = work['encode'] * a.e2e_seconds / te / 1e9 / peak[prec]
+                sd = work['decode'] * a.e2e_seconds / td / 1e9 / peak[prec]
+                print(f'| {prec} | {label} | {te:.1f} | {a.e2e_seconds / te:.2f} | {se:.0%} | {td:.1f} | {a.e2e_seconds / td:.2f} | {sd:.0%} |')
+    print(f'\nload at the end {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} {os.getloadavg()[2]:.1f}')
+
+if __name__ == '__main__': main()
