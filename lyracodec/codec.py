@@ -545,20 +545,20 @@ def _reconstruct_one(model, src, dst, a):
     pieces = iter_decode(model, z, n, **run_args(model, a, 'decode', z.shape[-1]))
     write_audio(dst, _channels_out(pieces, info['channels']), model.sample_rate)
 
-def encode_main(argv=None) -> int:
+def encode_main(argv: list[str] | None=None) -> int:
     "Console script `lyracodec_encode`: audio files or folders → `.lyra` latent files."
     def extra(p): p.add_argument('--dtype', default='float32', choices=sorted(LATENT_DTYPES), help='stored latent precision')
     return _cli('lyracodec_encode', 'Encode audio files (wav, flac, ogg, mp3; folders searched recursively) into '
                 '.lyra latent files, chunk by chunk, so memory does not grow with the length of a file.',
                 AUDIO_EXTENSIONS, '.lyra', _encode_one, argv, extra)
 
-def decode_main(argv=None) -> int:
+def decode_main(argv: list[str] | None=None) -> int:
     "Console script `lyracodec_decode`: `.lyra` files or folders → WAV files at the model's sample rate."
     return _cli('lyracodec_decode', 'Decode .lyra latent files into 32-bit float WAV files at the model\'s sample '
                 'rate, streamed chunk by chunk (a file with several items gives NAME.0.wav, NAME.1.wav, ...).',
                 ('.lyra',), '.wav', _decode_one, argv)
 
-def reconstruct_main(argv=None) -> int:
+def reconstruct_main(argv: list[str] | None=None) -> int:
     "Console script `lyracodec_reconstruct`: audio files or folders → WAV files passed through the codec."
     return _cli('lyracodec_reconstruct', 'Pass audio files through the codec (encode, then decode) and write the '
                 'results as WAV files, to listen to what the model keeps.',

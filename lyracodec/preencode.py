@@ -381,7 +381,7 @@ def _stop_on_sigterm():
         def stop(*_): raise KeyboardInterrupt
         signal.signal(signal.SIGTERM, stop)
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None=None) -> int:
     "Console script `lyracodec_preencode`: every audio file below AUDIO_DIR to latent shards in OUT_DIR."
     p = cli_parser(PROG, 'Encode every audio file below AUDIO_DIR (wav, flac, ogg, mp3) into latent shards in OUT_DIR, '
                    'with an index, latent statistics and a list of skipped files. Rerun with the same arguments to '
