@@ -6,9 +6,9 @@
 __all__ = ['CHUNK_FRAMES', 'PRECISIONS', 'DEVICE_CHUNK_FRAMES', 'COMPILE_CHOICES', 'COMPILE_AUTO_FRAMES', 'LATENT_DTYPES',
            'LYRA_FORMAT', 'receptive_frames', 'chunk_plan', 'chunk_cuts', 'iter_chunks', 'compute_dtype', 'autocast_to',
            'bf16_fault', 'checked_dtype', 'chunk_defaults', 'iter_encode', 'encode_audio', 'iter_decode',
-           'decode_latents', 'encode_file', 'file_reader', 'inductor_cache', 'wants_compile', 'CompiledRun',
-           'model_fingerprint', 'latent_meta', 'save_latents', 'load_latents', 'check_compatible', 'run_args',
-           'encode_main', 'decode_main', 'reconstruct_main']
+           'decode_latents', 'encode_file', 'file_reader', 'inductor_cache', 'wants_compile', 'noting_interrupts',
+           'CompiledRun', 'model_fingerprint', 'latent_meta', 'save_latents', 'load_latents', 'check_compatible',
+           'run_args', 'encode_main', 'decode_main', 'reconstruct_main']
 
 # %% ../nbs/06_codec.ipynb #2c1519e3
 import contextlib
@@ -305,6 +305,24 @@ def wants_compile(choice: str, # 'auto', 'on' or 'off' (`--compile`)
     if choice == 'off' or n_frames < chunk_frames: return False
     return choice == 'on' or (torch.device(device).type == 'cpu' and n_frames >= COMPILE_AUTO_FRAMES)
 
+@contextlib.contextmanager
+def noting_interrupts():
+    "Within: SIGINT/SIGTERM are noted (and handled as before); yields `() -> bool`, whether one came."
+    import signal, threading
+    got, sigs = [], (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False; return
+    prev = {s: signal.getsignal(s) for s in sigs}
+    def note(sig, frame):
+        got.append(sig)
+        h = prev[sig]
+        if callable(h): h(sig, frame)
+        elif h == signal.SIG_DFL: raise KeyboardInterrupt  # SIGINT's default; SIGTERM's would kill with no message
+    for s in sigs: signal.signal(s, note)
+    try: yield lambda: bool(got)
+    finally:
+        for s, h in prev.items(): signal.signal(s, h)
+
 class CompiledRun:
     "`model.encode`, `.decode` or `.posterior` compiled (Inductor, freezing) for windows of `frames` frames; other shapes run eagerly."
     def __init__(self, model: VAE, # in eval mode; its weights are frozen into the graph
@@ -330,15 +348,18 @@ class CompiledRun:
             from torch._inductor import config as inductor_config  # imported on first use: compiling is optional
             inductor_cache()
             t = time.perf_counter()
-            try:
-                with torch.no_grad(), inductor_config.patch(freezing=True):
-                    fn = torch.compile(self.eager, dynamic=False)
-                    y = fn(x)
-                self.compiled = fn
-            except Exception as e:  # a missing compiler or an Inductor limitation: slower, never wrong
-                warnings.warn(f'compiling the model failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}); '
-                              'running it eagerly', UserWarning)
-                self.compiled, y = self.eager, self.eager(x)
+            with noting_interrupts() as interrupted:
+                try:
+                    with torch.no_grad(), inductor_config.patch(freezing=True):
+                        fn = torch.compile(self.eager, dynamic=False)
+                        y = fn(x)
+                    self.compiled = fn
+                except Exception as e:  # a missing compiler or an Inductor limitation: slower, never wrong
+                    if interrupted(): raise KeyboardInterrupt from None  # Ctrl-C killed the compile workers
+                    warnings.warn(f'compiling the model failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}); '
+                                  'running it eagerly', UserWarning)
+                    self.compiled, y = self.eager, self.eager(x)
+            if interrupted(): raise KeyboardInterrupt  # swallowed inside the compiler: still a stop
             self.compile_s = time.perf_counter() - t
             return y
         with torch.no_grad(): return self.compiled(x)
@@ -518,7 +539,9 @@ def run_args(model: VAE, # the model, on its device
     return dict(chunk_frames=cf, overlap_frames=of, run=runs[(what, cf)], fixed=True)  # autocast is inside the graph
 
 def _file_frames(model: VAE, src) -> int:
-    info = audio_info(src)
+    with warnings.catch_warnings():  # a size probe: the read itself warns (once) about a truncated file
+        warnings.simplefilter('ignore')
+        info = audio_info(src)
     return math.ceil(resampled_length(info['frames'], info['sample_rate'], model.sample_rate) / model.hop_length)
 
 def _encode_one(model, src, dst, a):

@@ -1,5 +1,5 @@
 "Faults a user met (issue 12): no data lost, one clear line, a non-zero exit."
-import json, os, signal, shutil
+import json, os, signal, shutil, time
 from pathlib import Path
 
 import numpy as np
@@ -227,3 +227,21 @@ def test_trainer_disk_full_is_one_line(corpus, tmp_path, capsys, monkeypatch):
     args = ['demo', str(corpus), '--out', str(tmp_path / 'run')] + [a for o in BASE + ['run.max_steps=2', 'checkpoint.every=2'] for a in ('--set', o)]
     assert T.main(args) == 2
     one_error_line(capsys.readouterr().err, 'step_0000002.pt: disk full')
+
+# Ctrl-C while the model compiles: Inductor's worker pool dies with it and the compile error used to be taken for
+# "compiling failed, run eagerly", so the run went on. Simulated deterministically: a compile that swallows the signal.
+@pytest.mark.parametrize('then', ['fails', 'succeeds'])
+def test_ctrl_c_during_compile_stops(monkeypatch, then):
+    import os, signal
+    from lyracodec.codec import CompiledRun
+    from lyracodec.vae import VAE, VAEConfig
+    model = VAE(VAEConfig.preset('tiny')).eval()
+    def compile_swallowing(fn, **kw):
+        try: os.kill(os.getpid(), signal.SIGINT); time.sleep(0.5)
+        except KeyboardInterrupt: pass  # what a compiler's wait on its dead workers does
+        if then == 'fails': raise RuntimeError('compile worker pool broken')
+        return fn
+    monkeypatch.setattr(torch, 'compile', compile_swallowing)
+    run = CompiledRun(model, 'encode', 4)
+    with pytest.raises(KeyboardInterrupt): run(torch.zeros(1, 2, 4 * model.hop_length))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
