@@ -314,8 +314,9 @@ def noting_interrupts():
         yield lambda: False; return
     prev = {s: signal.getsignal(s) for s in sigs}
     def note(sig, frame):
-        got.append(sig)
         h = prev[sig]
+        if h == signal.SIG_IGN: return  # ignored before (e.g. under nohup): ignored still
+        got.append(sig)
         if callable(h): h(sig, frame)
         elif h == signal.SIG_DFL: raise KeyboardInterrupt  # SIGINT's default; SIGTERM's would kill with no message
     for s in sigs: signal.signal(s, note)

@@ -242,6 +242,9 @@ def test_ctrl_c_during_compile_stops(monkeypatch, then):
         if then == 'fails': raise RuntimeError('compile worker pool broken')
         return fn
     monkeypatch.setattr(torch, 'compile', compile_swallowing)
-    run = CompiledRun(model, 'encode', 4)
-    with pytest.raises(KeyboardInterrupt): run(torch.zeros(1, 2, 4 * model.hop_length))
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, also where SIGINT came ignored
+    try:
+        run = CompiledRun(model, 'encode', 4)
+        with pytest.raises(KeyboardInterrupt): run(torch.zeros(1, 2, 4 * model.hop_length))
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    finally: signal.signal(signal.SIGINT, before)

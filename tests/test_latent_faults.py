@@ -265,8 +265,9 @@ def test_ctrl_c_is_one_line_and_a_rerun_resumes(models, tmp_path, capsys):
     out = tmp_path / 'out'
     args = [str(models / 'model'), str(d), str(out), '--workers', '1', *FAST, '--shard-size', '0.000001']
     p = subprocess.Popen([sys.executable, '-c', 'import sys; from lyracodec.preencode import main; sys.exit(main())', *args],
-                         env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    t0 = time.monotonic()
+                         env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal, even if
+    t0 = time.monotonic()                                                 # this test runs where SIGINT is ignored (nohup)
     while not ((out / SHARD_DIR).is_dir() and len(shards_of(out)) >= 1):
         assert p.poll() is None and time.monotonic() - t0 < 240
         time.sleep(0.02)
