@@ -141,7 +141,6 @@ def main():
     fz = results['finetune, freeze encoder']['mel']
     print(f'fine-tune vs scratch: mel {100 * (1 - f / s):.1f} % lower (freeze encoder: {100 * (1 - fz / s):.1f} %); '
           f'vs the source: {100 * (1 - f / results["source"]["mel"]):.1f} % lower')
-    import torch
     diff = max((a_ - b_).abs().max().item() for a_, b_ in zip(results['source']['latents'], results['finetune, freeze encoder']['latents']))
     print(f'freeze encoder: max |latent difference| source vs fine-tuned over the held-out files = {diff}')
     c = step_cost()

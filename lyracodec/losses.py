@@ -99,22 +99,22 @@ def bounded_stft_terms(est: Tensor, # estimate magnitudes `[B, F, frames]`
     "auraloss's spectral convergence + log-magnitude L1, measured against `max(target energy, floor)` per item."
     e = ref.pow(2).sum((1, 2))  # [B] the target component's energy
     sc = (est - ref).norm() / torch.maximum(e, floor_energy).sum().sqrt()  # batch-level, as auraloss's Frobenius norms
-    fill = silence_fill(ref, floor_energy)  # [B, 1, 1]; 0 for every ordinary component: auraloss's value
+    fill = silence_fill(e, floor_energy, ref[0].numel())  # [B, 1, 1]; 0 for every ordinary component: auraloss's value
     return sc + (torch.maximum(est, fill).log() - torch.maximum(ref, fill).log()).abs().mean()
 
-def silence_fill(ref: Tensor, # target magnitudes `[N, F, frames]`
+def silence_fill(energy: Tensor, # `[N]` each target row's energy (sum of squared magnitudes)
                  floor_energy: Tensor, # `[N]` least energy each row is measured against
+                 bins: int, # magnitudes per row
                 ) -> Tensor: # `[N, 1, 1]`
     "RMS per bin of the energy a target row lacks below its floor: 0 for every row at or above it."
-    e = ref.pow(2).sum((1, 2))  # [N]
-    return ((torch.maximum(e, floor_energy) - e) / ref[0].numel()).sqrt()[:, None, None]
+    return ((torch.maximum(energy, floor_energy) - energy) / bins).sqrt()[:, None, None]
 
-def item_floor(ref: Tensor, # target magnitudes `[B * C, F, frames]`, the channels of each item together
+def item_floor(energy: Tensor, # `[B * C]` target rows' energies, the channels of each item together
                channels: int, # C
                ratio: float, # share of the item's mean channel level
               ) -> Tensor: # `[B * C]` energies
     "Each row's floor: `ratio`² × the mean energy of its item's channels, so a silent channel is measured against its item."
-    e = ref.pow(2).sum((1, 2)).reshape(-1, channels)  # [B, C]
+    e = energy.reshape(-1, channels)  # [B, C]
     return (ratio ** 2 * e.mean(1, keepdim=True)).expand_as(e).reshape(-1)
 
 class StereoSTFTLoss(nn.Module):
@@ -145,7 +145,7 @@ class StereoSTFTLoss(nn.Module):
         total = x.new_zeros(())
         for n in self.ffts:
             me, mr = self.magnitudes(x_recon.reshape(B * C, T), n), self.magnitudes(x.reshape(B * C, T), n)
-            floor = torch.maximum(item_floor(mr, C, self.silent_ratio), self.noise_energy(n, mr))  # [B * C]
+            floor = torch.maximum(item_floor(mr.pow(2).sum((1, 2)), C, self.silent_ratio), self.noise_energy(n, mr))  # [B * C]
             total = total + bounded_stft_terms(me, mr, floor)
         return total / len(self.ffts)
 
@@ -199,7 +199,8 @@ class MultiScaleMelLoss(nn.Module):
         total = 0.0
         for mel in self.mels:
             mx, my = mel(x), mel(y)  # [B*C, n_mels, frames]
-            floor = silence_fill(mx, item_floor(mx, C, self.silent_ratio)).clamp_min(self.clamp_eps)  # [B*C, 1, 1]
+            e = mx.pow(2).sum((1, 2))  # [B*C]
+            floor = silence_fill(e, item_floor(e, C, self.silent_ratio), mx[0].numel()).clamp_min(self.clamp_eps)  # [B*C, 1, 1]
             total = total + F.l1_loss(my.maximum(floor).log10(), mx.maximum(floor).log10())
         return total / len(self.mels)
 

@@ -12,6 +12,20 @@ def run_cli(name: str, *args, timeout: float=600, cwd=None, env=None) -> subproc
     return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
                           cwd=cwd, env={**os.environ, **(env or {})})
 
+def proc_nbs(dest: Path, timeout: float=900) -> Path:
+    """`nbdev_proc_nbs` (what the docs site is built from) on a copy of the project in `dest`; returns its `_proc/`.
+    A stub `quarto` goes first on PATH: without one, nbdev tries `sudo` to install Quarto and then runs a bare
+    `pip install -e` outside the venv. Processing the notebooks needs no Quarto."""
+    import shutil
+    for name in ('nbs', 'lyracodec'): shutil.copytree(ROOT / name, dest / name, symlinks=True)
+    for name in ('settings.ini', '_quarto.yml', 'setup.py', 'README.md'): shutil.copy(ROOT / name, dest / name)
+    stub = dest / 'stub_bin'; stub.mkdir()
+    (stub / 'quarto').write_text('#!/bin/sh\necho 1.5.0\n'); (stub / 'quarto').chmod(0o755)
+    env = {**os.environ, 'PATH': f'{stub}{os.pathsep}{BIN}{os.pathsep}{os.environ.get("PATH", "")}'}
+    r = subprocess.run([str(BIN / 'nbdev_proc_nbs')], cwd=dest, capture_output=True, text=True, timeout=timeout, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return dest / '_proc'
+
 def save_two_tiny_models(d: Path):
     "A tiny random model in `d/model` and one of another config (4 channels) in `d/other`, seeded."
     import torch

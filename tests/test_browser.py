@@ -8,7 +8,7 @@ import base64, io, json, os, re, shutil, socket, subprocess, time, urllib.reques
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, BIN
+from helpers import ROOT, BIN, proc_nbs
 
 CHROMIUM = Path(os.environ.get('LYRACODEC_CHROMIUM', '/usr/bin/chromium'))
 CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -310,15 +310,9 @@ def docs_html(tmp_path_factory, shots):
     "nbdev_proc_nbs (as the site build runs it, a stub `quarto` first on PATH) and the five pages rendered to HTML."
     _require_browser()
     tmp = tmp_path_factory.mktemp('docs')
-    for name in ('nbs', 'lyracodec'): shutil.copytree(ROOT / name, tmp / name, symlinks=True)
-    for name in ('settings.ini', '_quarto.yml', 'setup.py', 'README.md'): shutil.copy(ROOT / name, tmp / name)
-    stub = tmp / 'stub_bin'; stub.mkdir()
-    (stub / 'quarto').write_text('#!/bin/sh\necho 1.5.0\n'); (stub / 'quarto').chmod(0o755)
-    env = {**os.environ, 'PATH': f'{stub}{os.pathsep}{BIN}{os.pathsep}{os.environ.get("PATH", "")}'}
-    r = subprocess.run([str(BIN / 'nbdev_proc_nbs')], cwd=tmp, capture_output=True, text=True, timeout=600, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
+    proc = proc_nbs(tmp, timeout=600)
     out = shots or tmp / 'html'; out.mkdir(parents=True, exist_ok=True)
-    return {name: _render_html(tmp / '_proc' / f'{name}.ipynb', out) for name in DOCS_PAGES}
+    return {name: _render_html(proc / f'{name}.ipynb', out) for name in DOCS_PAGES}
 
 # figures (page images), players and the explorer's static view each page must show
 EXPECT = {'index': (0, 0), '00_snake': (1, 0), '03_vae': (1, 1), '06_codec': (1, 0), '08_explore': (1, 3)}

@@ -3,7 +3,7 @@ import json, os, re, shutil, subprocess, sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, BIN, run_cli
+from helpers import ROOT, BIN, run_cli, proc_nbs
 
 def _sh_blocks(text: str) -> list:
     return [b.strip() for b in re.findall(r'```sh\n(.*?)\n```', text, re.S)]
@@ -40,17 +40,8 @@ def test_smoke_command_rejects_bad_preset():
 
 def test_proc_nbs_keeps_plots_and_players(tmp_path):
     "nbdev_proc_nbs (what the docs site is built from) must succeed and keep saved figures and audio players."
-    for name in ('nbs', 'lyracodec'): shutil.copytree(ROOT / name, tmp_path / name, symlinks=True)
-    for name in ('settings.ini', '_quarto.yml', 'setup.py', 'README.md'): shutil.copy(ROOT / name, tmp_path / name)
-    # A stub `quarto` first on PATH: without one, nbdev tries `sudo` to install Quarto and then runs a bare
-    # `pip install -e` outside the venv. Processing the notebooks needs no Quarto.
-    stub = tmp_path / 'stub_bin'; stub.mkdir()
-    (stub / 'quarto').write_text('#!/bin/sh\necho 1.5.0\n'); (stub / 'quarto').chmod(0o755)
-    env = {**os.environ, 'PATH': f'{stub}{os.pathsep}{BIN}{os.pathsep}{os.environ.get("PATH", "")}'}
-    r = subprocess.run([str(BIN / 'nbdev_proc_nbs')], cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    proc = tmp_path / '_proc'
+    proc = proc_nbs(tmp_path)
     vae = (proc / '03_vae.ipynb').read_text()
-    assert ('image/png' in vae or 'image/jpeg' in vae) and '<audio' in vae   # saved figures are JPEG to keep pages small
+    assert ('image/png' in vae or 'image/jpeg' in vae) and '<audio' in vae   # saved figures and players survive processing
     snake = (proc / '00_snake.ipynb').read_text()
     assert 'image/png' in snake or 'image/jpeg' in snake
