@@ -9,7 +9,9 @@ Usage (from the checkout root; run it when the machine is otherwise idle):
 * Work: the full preset's FLOP per second of stereo audio per direction, counted by torch's FlopCounterMode
   (convolutions; elementwise work is not counted, so the shares are of useful matrix work).
 * Model calls: full preset, random weights (speed does not depend on them), weight norm folded, one window of
-  `--frames` latent frames, eager and tuned (`lyracodec.codec.CompiledRun`: Inductor with freezing), fp32 and bf16.
+  `--frames` latent frames, fp32 and bf16, by four paths: `eager` (the model), `tuned` (the model through
+  `lyracodec.codec.CompiledRun`: Inductor with freezing), `packed` (`lyracodec.engine.PackedCodec`, eager Snake) and
+  `packed+` (the packed engine with its Snake compiled: what the commands run on a CPU).
   Each configuration runs in a fresh process: "first call" is the first call's time (oneDNN primitive creation;
   compiling for tuned) with an empty compile cache (cold) and again with the cache the cold process left (warm);
   then the median of `--runs` calls; peak RSS is the process's VmHWM; the error is the relative RMS difference
@@ -34,6 +36,7 @@ import torch
 torch.set_num_threads({threads})
 from lyracodec.vae import VAE, VAEConfig
 from lyracodec.codec import autocast_to, CompiledRun
+from lyracodec.engine import PackedCodec
 torch.manual_seed(0)
 model = VAE(VAEConfig.preset('full')).eval().fold_weight_norm()
 g = torch.Generator().manual_seed(1)
@@ -41,8 +44,10 @@ x = 0.1 * torch.randn(1, 2, {frames} * 2048, generator=g)
 z = torch.randn(1, 64, {frames}, generator=g)
 dt = None if {prec!r} == 'fp32' else torch.bfloat16
 res = dict(build_s=time.perf_counter() - t_start)
+engine = PackedCodec(model, dt, compiled={mode!r} == 'packed+') if {mode!r}.startswith('packed') else None
 for what, inp in (('encode', x), ('decode', z)):
     if {mode!r} == 'tuned': run = CompiledRun(model, what, {frames}, dt)
+    elif engine is not None: run = getattr(engine, what)  # packed+ compiles its Snake in the first call
     else:
         f = model.encode if what == 'encode' else model.decode
         def run(a, f=f):
@@ -152,15 +157,19 @@ def exactness(frames: int, threads: int) -> dict:
     import torch
     torch.set_num_threads(threads)
     from lyracodec.vae import VAE, VAEConfig
-    from lyracodec.codec import encode_audio, decode_latents
+    from lyracodec.codec import encode_audio, decode_latents, iter_encode, iter_decode
+    from lyracodec.engine import PackedCodec
     torch.manual_seed(0)
     model = VAE(VAEConfig.preset('full')).eval().fold_weight_norm()
     x = 0.1 * torch.randn(1, 2, frames * HOP - 1000, generator=torch.Generator().manual_seed(2))
+    eng = PackedCodec(model)
     with torch.no_grad():
         z = model.encode(x); zc = encode_audio(model, x)
         y = model.decode(z, x.shape[-1]); yc = decode_latents(model, z, x.shape[-1])
+        zp = torch.cat(list(iter_encode(model, x, run=eng.encode)), -1)
+        yp = torch.cat(list(iter_decode(model, z, x.shape[-1], run=eng.decode)), -1)
     rel = lambda a, b: ((a - b).abs().max() / b.abs().max()).item()
-    return dict(encode=rel(zc, z), decode=rel(yc, y))
+    return dict(encode=rel(zc, z), decode=rel(yc, y), packed_encode=rel(zp, z), packed_decode=rel(yp, y))
 
 def window_sweep(sizes: list, threads: int) -> list:
     "Eager fp32 seconds per kept frame at each window size (its own overlap subtracted): the chunk size's trade-off."
@@ -197,16 +206,16 @@ def e2e(seconds: float, threads: int, d: Path, cases: list) -> list:
     env = {**os.environ, 'OMP_NUM_THREADS': str(threads), 'LYRACODEC_CACHE': str(d / 'cache')}
     bin_ = Path(sys.executable).parent
     rows = []
-    for k, (prec, comp) in enumerate(cases):
-        tag = f'{k}-{prec}-{comp}'
+    for k, (prec, engine, comp) in enumerate(cases):
+        tag = f'{k}-{prec}-{engine}-{comp}'
         out = []
         for prog, src, dst in (('lyracodec_encode', d / 'in', d / f'lat-{tag}'), ('lyracodec_decode', d / f'lat-{tag}', d / f'dec-{tag}')):
             t = time.perf_counter()
             r = subprocess.run([str(bin_ / prog), str(src), '--model', str(d / 'model'), '-o', str(dst), '-q', '--precision', prec,
-                                '--compile', comp], capture_output=True, text=True, env=env)
+                                '--engine', engine, '--compile', comp], capture_output=True, text=True, env=env)
             if r.returncode: raise RuntimeError(f'{prog}: {r.stderr.strip()[-500:]}')
             out.append(time.perf_counter() - t)
-        rows.append((prec, comp, *out))
+        rows.append((prec, engine, comp, *out))
     return rows
 
 def main():
@@ -216,7 +225,7 @@ def main():
     p.add_argument('--exact-frames', type=int, default=600); p.add_argument('--skip-e2e', action='store_true')
     p.add_argument('--skip-sat', action='store_true'); p.add_argument('--sat-dir', default=None,
                    help='folder with stable-audio-tools installed (pip --target); default: install it into a temporary one')
-    p.add_argument('--modes', nargs='*', default=['eager', 'tuned'])
+    p.add_argument('--modes', nargs='*', default=['eager', 'tuned', 'packed', 'packed+'])
     p.add_argument('--sweep', type=int, nargs='*', default=[64, 128, 256], help='window sizes to time (eager fp32)')
     a = p.parse_args()
     import torch
@@ -239,7 +248,7 @@ def main():
             for mode in a.modes:
                 kw = dict(threads=a.threads, frames=a.frames, runs=a.runs, prec=prec, mode=mode, ref=ref)
                 r = child(CHILD.format(**kw), cache)
-                warm = child(CHILD.format(**kw), cache) if mode == 'tuned' else None
+                warm = child(CHILD.format(**kw), cache) if mode in ('tuned', 'packed+') else None
                 rows.append((mode, prec, r, warm))
                 print(f'  ran {mode} {prec} (load {os.getloadavg()[0]:.1f})', flush=True)
         sat = None
@@ -277,26 +286,28 @@ def main():
         if a.exact_frames:
             ex = exactness(a.exact_frames, a.threads)
             print(f'\nchunked vs whole-file, fp32, full preset, {a.exact_frames} frames, default plan: max |diff| / max |whole| '
-                  f'= {ex["encode"]:.1e} (latents), {ex["decode"]:.1e} (audio)', flush=True)
+                  f'= {ex["encode"]:.1e} (latents), {ex["decode"]:.1e} (audio); the packed engine chunked against the model '
+                  f'whole-file: {ex["packed_encode"]:.1e}, {ex["packed_decode"]:.1e}', flush=True)
         if a.sweep:
             print(f'\nWindow size, eager fp32, ms per kept frame (overlap 16 encode / 20 decode subtracted; load {os.getloadavg()[0]:.1f}):')
             print('| window frames | encode ms/frame | decode ms/frame |')
             print('|---|---|---|')
             for w, e, dd in window_sweep(a.sweep, a.threads): print(f'| {w} | {e * 1e3:.0f} | {dd * 1e3:.0f} |', flush=True)
         if not a.skip_e2e:
-            cases = [(p_, c) for p_ in ('fp32', 'bf16') for c in ('off', 'auto', 'auto')]  # auto twice: cold, then warm cache
+            cases = [(p_, e, c) for p_ in ('fp32', 'bf16') for e, c in
+                     (('model', 'off'), ('packed', 'off'), ('auto', 'auto'), ('auto', 'auto'))]  # auto twice: cold, then warm cache
             res = e2e(a.e2e_seconds, a.threads, d, cases)
             print(f'\nEnd to end, {a.e2e_seconds:g} s stereo WAV, full preset, wall time including start-up '
                   f'(load {os.getloadavg()[0]:.1f}):')
-            print('| precision | --compile | encode s | x real time | share of peak | decode s | x real time | share of peak |')
-            print('|---|---|---|---|---|---|---|---|')
+            print('| precision | --engine | --compile | encode s | x real time | share of peak | decode s | x real time | share of peak |')
+            print('|---|---|---|---|---|---|---|---|---|')
             seen = set()
-            for prec, comp, te, td in res:
+            for prec, engine, comp, te, td in res:
                 label = comp if comp == 'off' else ('auto, warm cache' if (prec, comp) in seen else 'auto, cold cache')
                 seen.add((prec, comp))
                 se = work['encode'] * a.e2e_seconds / te / 1e9 / peak[prec]
                 sd = work['decode'] * a.e2e_seconds / td / 1e9 / peak[prec]
-                print(f'| {prec} | {label} | {te:.1f} | {a.e2e_seconds / te:.2f} | {se:.0%} | {td:.1f} | {a.e2e_seconds / td:.2f} | {sd:.0%} |')
+                print(f'| {prec} | {engine} | {label} | {te:.1f} | {a.e2e_seconds / te:.2f} | {se:.0%} | {td:.1f} | {a.e2e_seconds / td:.2f} | {sd:.0%} |')
     print(f'\nload at the end {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} {os.getloadavg()[2]:.1f}')
 
 if __name__ == '__main__': main()

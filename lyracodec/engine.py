@@ -4,7 +4,7 @@
 __all__ = ['SIN_TAYLOR', 'SNAKE_ROWS', 'snake_rows', 'snake_rows_eager', 'PackedSnake', 'PackedConv', 'PackedConvT', 'Arena',
            'PackedCodec']
 
-# %% ../nbs/06a_engine.ipynb #c6445df1
+# %% ../nbs/06a_engine.ipynb #06de5a72
 import math, time
 from typing import Optional
 import torch
@@ -14,7 +14,7 @@ from .snake import Snake, EPS
 from .residual import ResidualUnit
 from .vae import VAE, posterior_stats
 
-# %% ../nbs/06a_engine.ipynb #18d6e69f
+# %% ../nbs/06a_engine.ipynb #25946310
 SIN_TAYLOR = tuple((-1) ** k / math.factorial(2 * k + 1) for k in range(6))  # sin r to r¹¹: |error| < 6e-8 for |r| ≤ π/2
 
 def snake_rows(x: Tensor, # channels-last activations `[T, C]`, float32 or bfloat16
@@ -42,7 +42,7 @@ def snake_rows_eager(x: Tensor, bias: Tensor, freq: Tensor, inv_beta: Tensor, ou
         xf = x[i:i + SNAKE_ROWS].float() + bias  # [rows, C]
         out[i:i + SNAKE_ROWS].copy_(torch.mul(xf, alpha).sin_().square_().mul_(inv_beta).add_(xf))
 
-# %% ../nbs/06a_engine.ipynb #130bf12f
+# %% ../nbs/06a_engine.ipynb #33b0cf74
 class PackedSnake:
     "A `Snake`'s parameters as `snake_rows` takes them (float32 `[C]`)."
     def __init__(self, m: Snake):
@@ -97,7 +97,7 @@ class PackedConv:
         for j in range(1, self.k): y += z[j * self.d:j * self.d + To, j * self.cout:(j + 1) * self.cout]
         return y.add_(self.bias), None  # float32, bias added
 
-# %% ../nbs/06a_engine.ipynb #9561b739
+# %% ../nbs/06a_engine.ipynb #6a355368
 class PackedConvT:
     "A `ConvTranspose1d` of kernel 2·stride as two matmuls whose outputs overlap by one row of `s` samples."
     def __init__(self, conv: nn.ConvTranspose1d, dtype: torch.dtype):
@@ -128,7 +128,7 @@ def _snake_into(kernel, x: Tensor, bias: Tensor, freq: Tensor, inv_beta: Tensor,
     with torch._dynamo.config.patch(specialize_float=True, recompile_limit=64):
         kernel(x, bias, freq, inv_beta, out)
 
-# %% ../nbs/06a_engine.ipynb #386864c6
+# %% ../nbs/06a_engine.ipynb #3fe5a2ed
 class Arena:
     "Reused working buffers by role: a window's activations come from the same memory every call (no page faults)."
     def __init__(self): self.bufs = {}
@@ -142,7 +142,7 @@ class Arena:
     @property
     def nbytes(self) -> int: return sum(b.numel() * b.element_size() for b in self.bufs.values())
 
-# %% ../nbs/06a_engine.ipynb #0f4100ec
+# %% ../nbs/06a_engine.ipynb #2135eea6
 def _pack(layers, dtype: torch.dtype) -> list:
     "A module list flattened into (kind, packed op) steps; residual units stay one step."
     steps = []
@@ -181,10 +181,11 @@ class PackedCodec:
 
     def compile_kernels(self) -> float:
         "Compile the fused Snake for every width of this model now (Inductor; cached on disk); seconds taken."
-        t, self.kernel = time.perf_counter(), _compiled_snake()
-        for c in self.widths():
+        t, kernel = time.perf_counter(), _compiled_snake()
+        for c in self.widths():  # 16 rows: Dynamo would specialise a 1-row tensor
             x = torch.zeros(16, c, dtype=self.dtype)
-            _snake_into(self.kernel, x, torch.zeros(c), torch.ones(c), torch.ones(c), x)
+            _snake_into(kernel, x, torch.zeros(c), torch.ones(c), torch.ones(c), x)
+        self.kernel = kernel  # only once every width compiled: a failure leaves the engine as it was
         return time.perf_counter() - t
 
     def _snake(self, x: Tensor, bias: Optional[Tensor], snake: PackedSnake, out: Tensor) -> Tensor:

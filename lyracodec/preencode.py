@@ -34,7 +34,7 @@ from .core import (EXPECTED_ERRORS, FolderLock, OutputError, PathLike, atomic_wr
 from .audio import AUDIO_EXTENSIONS, audio_info, collect_files, resampled_length
 from .codec import (CHUNK_FRAMES, COMPILE_CHOICES, COMPILE_AUTO_FRAMES, LATENT_DTYPES, PRECISIONS, CompiledRun,
                              iter_chunks, autocast_to, checked_dtype, chunk_defaults, chunk_plan, compute_dtype,
-                             file_reader, model_fingerprint, wants_compile)
+                             file_reader, model_fingerprint, wants_compile, ENGINES, engine_for, packed_engine)
 from .vae import VAE, load_pretrained
 from .runtime import dist_env, pick_device
 from .shards import (PROG, PREENCODE_FORMAT, SHARD_DIR, INDEX_NAME, META_NAME, STATS_NAME, SKIPPED_NAME,
@@ -289,16 +289,18 @@ def _share_frames(model: VAE, share: list) -> int:
 def _encode_share(model: VAE, share: list, a, run_id: str, rank: int, device, cdtype, show: bool) -> dict:
     "Encode this rank's files into its own shards; what could not be encoded is returned, not raised."
     from tqdm.auto import tqdm
-    post = None
-    if a.compile != 'off' and wants_compile(a.compile, device, _share_frames(model, share), a.chunk_frames):
-        post = CompiledRun(model, 'posterior', a.chunk_frames, cdtype)  # one compiled window shape; batches of it
-    ds = ChunkWindows(share, model.sample_rate, model.hop_length, a.chunk_frames, a.overlap_frames, post is not None)
+    post, fixed = None, False
+    compiled = a.compile != 'off' and wants_compile(a.compile, device, _share_frames(model, share), a.chunk_frames)
+    if engine_for(a.engine, device) == 'packed': post = packed_engine(model, cdtype, compiled).posterior  # any window length
+    elif compiled:  # one compiled window shape; batches of it
+        post, fixed = CompiledRun(model, 'posterior', a.chunk_frames, cdtype), True
+    ds = ChunkWindows(share, model.sample_rate, model.hop_length, a.chunk_frames, a.overlap_frames, fixed)
     dl = DataLoader(ds, batch_size=None, num_workers=a.workers, pin_memory=device.type == 'cuda')
     writer = ShardWriter(Path(a.out_dir) / SHARD_DIR, f'{run_id}-r{rank:03d}', int(a.shard_size * 2 ** 20))
     skips, samples, t0 = {}, 0, time.perf_counter()
     bar = tqdm(total=len(share), unit='file', desc=PROG, disable=not show, file=sys.stderr)
     for key, rec, z, err in encode_stream(model, dl, a.batch, a.chunk_frames, a.overlap_frames, cdtype, a.sample, a.seed,
-                                          post, post is not None):
+                                          post, fixed):
         if err is None:
             z = z.to(LATENT_DTYPES[a.dtype])  # [D, F] as stored
             if torch.isfinite(z).all(): writer.add(rec, z); samples += rec['samples']
@@ -326,6 +328,7 @@ def _run_held(a, world: int, rank: int, local_rank: int, held: contextlib.ExitSt
         chunk_plan(1, a.chunk_frames, a.overlap_frames or 0)
         device = pick_device(a.device, local_rank, key='--device')
         cdtype = compute_dtype(a.precision, device)
+        engine_for(a.engine, device)
     except (ValueError, RuntimeError) as e: return fail(e)  # a ConfigError names its option (--device)
     try: model = load_pretrained(a.model, map_location=str(device))
     except EXPECTED_ERRORS as e: return fail(f'cannot load model: {os_error_message(e, a.model)}')
@@ -397,9 +400,11 @@ def main(argv: list[str] | None=None) -> int:
     p.add_argument('--rehash', action='store_true', help='hash the source files again: re-encode (or, with --verify, '
                    'report) those whose bytes changed though their size and modification time did not')
     p.add_argument('--dtype', default='float16', choices=sorted(LATENT_DTYPES), help='stored latent precision')
+    p.add_argument('--engine', default='auto', choices=ENGINES,
+                   help='auto = the packed engine (matmuls on channels-last activations) on a CPU, the model elsewhere')
     p.add_argument('--compile', default='auto', choices=COMPILE_CHOICES,
-                   help=f'compiled windows (torch.compile, cached on disk): auto = on a CPU when the files hold at least '
-                        f'{COMPILE_AUTO_FRAMES} latent frames, where it measured faster')
+                   help=f'compile (torch.compile, cached on disk) the packed engine\'s Snake, or the model\'s windows: '
+                        f'auto = on a CPU when the files hold at least {COMPILE_AUTO_FRAMES} latent frames, where it measured faster')
     p.add_argument('--precision', default='auto', choices=PRECISIONS,
                    help='compute precision: auto = bf16 where the hardware runs it fast, fp32 otherwise')
     p.add_argument('--batch', type=int, default=0,
