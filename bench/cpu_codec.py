@@ -62,6 +62,13 @@ for what, inp in (('encode', x), ('decode', z)):
     if ref and os.path.exists(ref + what): r = torch.load(ref + what); res[what]['err'] = ((y - r).norm() / r.norm()).item()
     elif ref: torch.save(y, ref + what); res[what]['err'] = 0.0
 res['peak_mb'] = int([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0]) / 1024
+if engine is not None:  # the same calls with Snake skipped (wrong output): what the matmuls and the rest cost alone
+    engine.kernel = lambda *args: None
+    for what, inp in (('encode', x), ('decode', z)):
+        f = getattr(engine, what); f(inp); ts = []
+        for _ in range({runs}):
+            t = time.perf_counter(); f(inp); ts.append(time.perf_counter() - t)
+        res[what]['no_snake_s'] = statistics.median(ts)
 print('RESULT ' + json.dumps(res))
 '''
 
@@ -172,19 +179,22 @@ def exactness(frames: int, threads: int) -> dict:
     return dict(encode=rel(zc, z), decode=rel(yc, y), packed_encode=rel(zp, z), packed_decode=rel(yp, y))
 
 def window_sweep(sizes: list, threads: int) -> list:
-    "Eager fp32 seconds per kept frame at each window size (its own overlap subtracted): the chunk size's trade-off."
+    "Packed-engine seconds per kept frame at each window size (its own overlap subtracted), fp32 and bf16: the chunk size's trade-off."
     import torch
     torch.set_num_threads(threads)
     from lyracodec.vae import VAE, VAEConfig
     from lyracodec.codec import chunk_defaults
+    from lyracodec.engine import PackedCodec
     torch.manual_seed(0)
     model = VAE(VAEConfig.preset('full')).eval().fold_weight_norm()
     out = []
     with torch.no_grad():
-        model.encode(torch.zeros(1, 2, 8 * HOP)); model.decode(torch.zeros(1, 64, 8))
+      for dt in (torch.float32, torch.bfloat16):
+        eng = PackedCodec(model, dt, compiled=True)
+        eng.compile_kernels()
         for w in sizes:
-            row = [w]
-            for what, f, a in (('encode', model.encode, 0.1 * torch.randn(1, 2, w * HOP)), ('decode', model.decode, torch.randn(1, 64, w))):
+            row = [w, 'fp32' if dt == torch.float32 else 'bf16']
+            for what, f, a in (('encode', eng.encode, 0.1 * torch.randn(1, 2, w * HOP)), ('decode', eng.decode, torch.randn(1, 64, w))):
                 of = chunk_defaults(model, what)[1]
                 f(a); t = time.perf_counter(); f(a); row.append((time.perf_counter() - t) / (w - of))
             out.append(row)
@@ -226,7 +236,7 @@ def main():
     p.add_argument('--skip-sat', action='store_true'); p.add_argument('--sat-dir', default=None,
                    help='folder with stable-audio-tools installed (pip --target); default: install it into a temporary one')
     p.add_argument('--modes', nargs='*', default=['eager', 'tuned', 'packed', 'packed+'])
-    p.add_argument('--sweep', type=int, nargs='*', default=[64, 128, 256], help='window sizes to time (eager fp32)')
+    p.add_argument('--sweep', type=int, nargs='*', default=[64, 128, 256, 512], help='window sizes to time (packed engine)')
     a = p.parse_args()
     import torch
     flags = Path('/proc/cpuinfo').read_text() if Path('/proc/cpuinfo').exists() else ''
@@ -273,6 +283,10 @@ def main():
                 print(f'| {mode} | {prec} | {what} | {s:.2f} | {audio_s / s:.2f} | {gf:.0f} | {gf / peak[prec]:.0%} | '
                       f'{r[what]["first_s"]:.1f} | {(warm or r)[what]["first_s"]:.1f} | {max(r["peak_mb"], (warm or r)["peak_mb"]):.0f} | '
                       f'{m.get("err", float("nan")):.1e} |')
+        for mode, prec, r, warm in rows:
+            if 'no_snake_s' in (warm or r)['encode']:
+                shares = [work[w] * audio_s / (warm or r)[w]['no_snake_s'] / 1e9 / peak[prec] for w in ('encode', 'decode')]
+                print(f'{mode} {prec} with Snake skipped (the matmuls and copies alone): {shares[0]:.0%} / {shares[1]:.0%} of peak')
         if sat:
             print('\nstable-audio-tools 0.0.20, same window, eager (weight norm removed), same run:')
             print('| precision | direction | SAT s | LyraCodec eager s | LyraCodec best s | best / SAT speed-up |')
@@ -289,10 +303,10 @@ def main():
                   f'= {ex["encode"]:.1e} (latents), {ex["decode"]:.1e} (audio); the packed engine chunked against the model '
                   f'whole-file: {ex["packed_encode"]:.1e}, {ex["packed_decode"]:.1e}', flush=True)
         if a.sweep:
-            print(f'\nWindow size, eager fp32, ms per kept frame (overlap 16 encode / 20 decode subtracted; load {os.getloadavg()[0]:.1f}):')
-            print('| window frames | encode ms/frame | decode ms/frame |')
-            print('|---|---|---|')
-            for w, e, dd in window_sweep(a.sweep, a.threads): print(f'| {w} | {e * 1e3:.0f} | {dd * 1e3:.0f} |', flush=True)
+            print(f'\nWindow size, packed engine (Snake compiled), ms per kept frame (overlap 16 encode / 20 decode subtracted; load {os.getloadavg()[0]:.1f}):')
+            print('| window frames | precision | encode ms/frame | decode ms/frame |')
+            print('|---|---|---|---|')
+            for w, pr, e, dd in window_sweep(a.sweep, a.threads): print(f'| {w} | {pr} | {e * 1e3:.1f} | {dd * 1e3:.1f} |', flush=True)
         if not a.skip_e2e:
             cases = [(p_, e, c) for p_ in ('fp32', 'bf16') for e, c in
                      (('model', 'off'), ('packed', 'off'), ('auto', 'auto'), ('auto', 'auto'))]  # auto twice: cold, then warm cache

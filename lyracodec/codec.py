@@ -7,9 +7,9 @@ __all__ = ['CHUNK_FRAMES', 'PRECISIONS', 'DEVICE_CHUNK_FRAMES', 'COMPILE_CHOICES
            'LATENT_DTYPES', 'LYRA_FORMAT', 'receptive_frames', 'chunk_plan', 'chunk_cuts', 'iter_chunks',
            'compute_dtype', 'autocast_to', 'bf16_fault', 'checked_dtype', 'chunk_defaults', 'iter_encode',
            'encode_audio', 'iter_decode', 'decode_latents', 'encode_file', 'file_reader', 'inductor_cache',
-           'wants_compile', 'noting_interrupts', 'CompiledRun', 'engine_for', 'packed_engine', 'model_fingerprint',
-           'latent_meta', 'save_latents', 'load_latents', 'check_compatible', 'run_args', 'encode_main', 'decode_main',
-           'reconstruct_main']
+           'wants_compile', 'noting_interrupts', 'CompiledRun', 'engine_for', 'checked_engine', 'packed_engine',
+           'model_fingerprint', 'latent_meta', 'save_latents', 'load_latents', 'check_compatible', 'run_args',
+           'encode_main', 'decode_main', 'reconstruct_main']
 
 # %% ../nbs/06_codec.ipynb #2c1519e3
 import contextlib
@@ -163,10 +163,11 @@ def bf16_fault(model: VAE, # the model about to run in bf16 on the CPU
 def checked_dtype(model: VAE, # the model, on its device
                   dtype: Optional[torch.dtype], # `compute_dtype`'s choice
                   precision: str, # the user's `--precision`
+                  check: Callable=bf16_fault, # model -> what is wrong or None; the packed engine checks its matmuls
                  ) -> Optional[torch.dtype]:
     "`dtype`, unless bf16 is wrong on this CPU for this model: then `auto` falls back to fp32 with a warning, `bf16` is refused."
     if dtype is not torch.bfloat16 or next(model.parameters()).device.type != 'cpu': return dtype
-    fault = bf16_fault(model)
+    fault = check(model)
     if fault is None: return dtype
     if precision == 'auto':
         warnings.warn(f'{fault}; using fp32 instead', UserWarning)
@@ -379,6 +380,17 @@ def engine_for(choice: str, # 'auto', 'packed' or 'model' (`--engine`)
     if choice == 'packed' and not cpu: raise ValueError(f'--engine packed runs on the CPU, not on {device}; use --engine auto')
     return 'model' if choice == 'model' or not cpu else 'packed'
 
+def checked_engine(model: VAE, # the model, on its device
+                   dtype: Optional[torch.dtype], # `compute_dtype`'s choice
+                   precision: str, # the user's `--precision`
+                   engine: str, # `engine_for`'s choice
+                  ) -> tuple: # (the dtype to run, the packed engine or None)
+    "`checked_dtype` for what will run: the packed engine's bf16 matmuls (the engine is built once for both), else the model's convolutions."
+    if engine != 'packed': return checked_dtype(model, dtype, precision), None
+    packed = PackedCodec(model, dtype)
+    checked = checked_dtype(model, dtype, precision, lambda m: packed.bf16_fault())
+    return checked, packed if checked == dtype else PackedCodec(model, checked)
+
 def packed_engine(model: VAE, # the model, on the CPU
                   dtype: Optional[torch.dtype], # `compute_dtype`'s choice (None: float32)
                   compile: bool, # compile the engine's Snake (`PackedCodec.compile_kernels`)
@@ -530,7 +542,7 @@ def _cli(prog: str, description: str, extensions: Sequence[str], out_suffix: str
     except ValueError as e: err(e); return 2
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
-        try: a.dtype_compute = checked_dtype(model, a.dtype_compute, a.precision)
+        try: a.dtype_compute, a.packed = checked_engine(model, a.dtype_compute, a.precision, engine_for(a.engine, device))
         except ValueError as e: err(e); return 2
     for w in caught: tqdm.write(f'{prog}: warning: {" ".join(str(w.message).split())}', file=sys.stderr)
     out_dir = Path(a.out_dir)
@@ -569,8 +581,9 @@ def run_args(model: VAE, # the model, on its device
     "The chunk plan and call for one input: the packed engine on a CPU (kept on `a`), else the model, compiled where `--compile` says so."
     cf, of = chunk_defaults(model, what, a.chunk_frames, a.overlap_frames)
     device = next(model.parameters()).device
-    compiled = wants_compile(a.compile, device, n_frames, cf)
-    if engine_for(getattr(a, 'engine', 'auto'), device) == 'packed':
+    packed = engine_for(getattr(a, 'engine', 'auto'), device) == 'packed'
+    compiled = (packed and a.compile == 'on') or wants_compile(a.compile, device, n_frames, cf)  # the engine: any length
+    if packed:
         a.packed = packed_engine(model, a.dtype_compute, compiled, getattr(a, 'packed', None))
         return dict(chunk_frames=cf, overlap_frames=of, run=getattr(a.packed, what))  # its precision is its own
     if not compiled: return dict(chunk_frames=cf, overlap_frames=of, dtype=a.dtype_compute)

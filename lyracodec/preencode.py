@@ -34,7 +34,8 @@ from .core import (EXPECTED_ERRORS, FolderLock, OutputError, PathLike, atomic_wr
 from .audio import AUDIO_EXTENSIONS, audio_info, collect_files, resampled_length
 from .codec import (CHUNK_FRAMES, COMPILE_CHOICES, COMPILE_AUTO_FRAMES, LATENT_DTYPES, PRECISIONS, CompiledRun,
                              iter_chunks, autocast_to, checked_dtype, chunk_defaults, chunk_plan, compute_dtype,
-                             file_reader, model_fingerprint, wants_compile, ENGINES, engine_for, packed_engine)
+                             file_reader, model_fingerprint, wants_compile, ENGINES, checked_engine, engine_for,
+                             packed_engine)
 from .vae import VAE, load_pretrained
 from .runtime import dist_env, pick_device
 from .shards import (PROG, PREENCODE_FORMAT, SHARD_DIR, INDEX_NAME, META_NAME, STATS_NAME, SKIPPED_NAME,
@@ -290,8 +291,9 @@ def _encode_share(model: VAE, share: list, a, run_id: str, rank: int, device, cd
     "Encode this rank's files into its own shards; what could not be encoded is returned, not raised."
     from tqdm.auto import tqdm
     post, fixed = None, False
-    compiled = a.compile != 'off' and wants_compile(a.compile, device, _share_frames(model, share), a.chunk_frames)
-    if engine_for(a.engine, device) == 'packed': post = packed_engine(model, cdtype, compiled).posterior  # any window length
+    packed = engine_for(a.engine, device) == 'packed'
+    compiled = (packed and a.compile == 'on') or wants_compile(a.compile, device, _share_frames(model, share), a.chunk_frames)
+    if packed: post = packed_engine(model, cdtype, compiled).posterior  # any window length
     elif compiled:  # one compiled window shape; batches of it
         post, fixed = CompiledRun(model, 'posterior', a.chunk_frames, cdtype), True
     ds = ChunkWindows(share, model.sample_rate, model.hop_length, a.chunk_frames, a.overlap_frames, fixed)
@@ -338,7 +340,7 @@ def _run_held(a, world: int, rank: int, local_rank: int, held: contextlib.ExitSt
     except ValueError as e: return fail(e)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
-        try: cdtype = checked_dtype(model, cdtype, a.precision)
+        try: cdtype = checked_engine(model, cdtype, a.precision, engine_for(a.engine, device))[0]
         except ValueError as e: return fail(e)
     for w in caught: say(f'{PROG}: warning: {" ".join(str(w.message).split())}')
     if device.type == 'cuda': torch.cuda.set_device(device)

@@ -131,3 +131,32 @@ def test_eval_counts_unmatched_and_corrupt(work, tmp_path, capsys):
     assert '1 pair(s) evaluated, 2 failed' in err
     rows = list(csv.DictReader(open(tmp_path / 'm.csv')))
     assert [r['file'] for r in rows] == ['x.wav', 'mean'] and float(rows[0]['si_sdr_db']) > 60
+
+def test_packed_engine_equals_the_model(work, tmp_path, capsys, monkeypatch):
+    "The CPU default (the packed engine) writes what `--engine model` writes, to float rounding, and compiled or not."
+    monkeypatch.setenv('LYRACODEC_CACHE', str(tmp_path / 'cache'))  # the compiled Snake is cached there
+    monkeypatch.delenv('TORCHINDUCTOR_CACHE_DIR', raising=False)  # set by the command; restored afterwards
+    m, outs = work / 'model', {}
+    for engine, comp in (('model', 'off'), ('packed', 'off'), ('auto', 'on')):
+        lat, wav = tmp_path / f'lat-{engine}', tmp_path / f'wav-{engine}'
+        assert encode_main([str(work / 'in'), '--model', str(m), '-o', str(lat), '-q', '--precision', 'fp32',
+                            '--engine', engine, '--compile', comp]) == 0
+        assert decode_main([str(lat), '--model', str(m), '-o', str(wav), '-q', '--precision', 'fp32',
+                            '--engine', engine, '--compile', comp]) == 0
+        outs[engine] = load_latents(lat / 'a.lyra')[0], sf.read(wav / 'a.wav')[0]
+    err = capsys.readouterr().err
+    assert 'warning' not in err, err  # the compile on the CPU worked (else it would warn and run eagerly)
+    assert any((tmp_path / 'cache' / 'inductor').rglob('*.py')), 'nothing was compiled into the LyraCodec cache'
+    z0, y0 = outs['model']
+    for engine in ('packed', 'auto'):
+        z, y = outs[engine]
+        assert (z - z0).abs().max() <= 1e-5 * z0.abs().max(), engine
+        assert np.abs(y - y0).max() <= 1e-5 * np.abs(y0).max() + 1e-7, engine
+
+def test_packed_engine_needs_a_cpu(work, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        encode_main([str(work / 'in'), '--model', str(work / 'model'), '-o', str(tmp_path / 'o'), '--engine', 'fast'])
+    assert e.value.code == 2 and "invalid choice: 'fast'" in capsys.readouterr().err
+    assert not (tmp_path / 'o').exists()
+    from lyracodec.codec import engine_for
+    with pytest.raises(ValueError, match='--engine packed runs on the CPU'): engine_for('packed', 'cuda')
