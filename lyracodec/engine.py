@@ -2,9 +2,9 @@
 
 # %% auto #0
 __all__ = ['SIN_TAYLOR', 'SNAKE_ROWS', 'TAP_BLOCK_ROWS', 'snake_rows', 'snake_rows_eager', 'PackedSnake', 'PackedConv',
-           'PackedConvT', 'Arena', 'bf16_matmul_error', 'PackedCodec']
+           'PackedConvT', 'snake_lanes', 'Arena', 'bf16_matmul_error', 'PackedCodec']
 
-# %% ../nbs/06a_engine.ipynb #ea80f07d
+# %% ../nbs/06a_engine.ipynb #f201951f
 import math, time
 from typing import Optional
 import torch
@@ -14,7 +14,7 @@ from .snake import Snake, EPS
 from .residual import ResidualUnit
 from .vae import VAE, posterior_stats
 
-# %% ../nbs/06a_engine.ipynb #25e8c06e
+# %% ../nbs/06a_engine.ipynb #35d0c265
 SIN_TAYLOR = tuple((-1) ** k / math.factorial(2 * k + 1) for k in range(6))  # sin r to r¹¹: |error| < 6e-8 for |r| ≤ π/2
 
 def snake_rows(x: Tensor, # channels-last activations `[T, C]`, float32 or bfloat16
@@ -42,7 +42,7 @@ def snake_rows_eager(x: Tensor, bias: Tensor, freq: Tensor, inv_beta: Tensor, ou
         xf = x[i:i + SNAKE_ROWS].float() + bias  # [rows, C]
         out[i:i + SNAKE_ROWS].copy_(torch.mul(xf, alpha).sin_().square_().mul_(inv_beta).add_(xf))
 
-# %% ../nbs/06a_engine.ipynb #268363f0
+# %% ../nbs/06a_engine.ipynb #4f244ecb
 class PackedSnake:
     "A `Snake`'s parameters as `snake_rows` takes them (float32 `[C]`)."
     def __init__(self, m: Snake):
@@ -104,7 +104,7 @@ class PackedConv:
         for j in range(1, self.k): y += z[j * self.d:j * self.d + To, j * self.cout:(j + 1) * self.cout]
         return y.add_(self.bias), None  # float32, bias added
 
-# %% ../nbs/06a_engine.ipynb #109384f0
+# %% ../nbs/06a_engine.ipynb #95e5d128
 class PackedConvT:
     "A `ConvTranspose1d` of kernel 2·stride as two matmuls whose outputs overlap by one row of `s` samples."
     def __init__(self, conv: nn.ConvTranspose1d, dtype: torch.dtype):
@@ -128,14 +128,23 @@ class PackedConvT:
 def _compiled_snake():
     return torch.compile(snake_rows, dynamic=False, fullgraph=True)
 
-def _snake_into(kernel, x: Tensor, bias: Tensor, freq: Tensor, inv_beta: Tensor, out: Tensor) -> None:
-    "Call a Snake kernel; a compiled one is marked dynamic in its rows, so each width and dtype compiles once."
-    if kernel is snake_rows_eager: return kernel(x, bias, freq, inv_beta, out)
-    torch._dynamo.maybe_mark_dynamic(x, 0); torch._dynamo.maybe_mark_dynamic(out, 0)
-    with torch._dynamo.config.patch(specialize_float=True, recompile_limit=64):
-        kernel(x, bias, freq, inv_beta, out)
+def snake_lanes(widths: list) -> int:
+    "Channels per vector row of the compiled Snake: a divisor of every width, at most 64 and at most half the narrowest."
+    g, top = math.gcd(*widths), min(64, min(widths) // 2)
+    return max([d for d in range(1, top + 1) if g % d == 0] or [1])
 
-# %% ../nbs/06a_engine.ipynb #b08ceb73
+def _snake_into(kernel, x: Tensor, bias: Tensor, freq: Tensor, inv_beta: Tensor, out: Tensor, lanes: int=1) -> None:
+    "Call a Snake kernel on `[T, C]`; a compiled one sees `[T, C/lanes, lanes]`, both leading sizes dynamic: one graph per dtype."
+    if kernel is snake_rows_eager: return kernel(x, bias, freq, inv_beta, out)
+    T, C = x.shape
+    x3, out3 = x.view(T, C // lanes, lanes), out.view(T, C // lanes, lanes)  # static lanes: the vectorised inner loop
+    params = [p.view(C // lanes, lanes) for p in (bias, freq, inv_beta)]
+    for t in (x3, out3): torch._dynamo.maybe_mark_dynamic(t, 0); torch._dynamo.maybe_mark_dynamic(t, 1)
+    for t in params: torch._dynamo.maybe_mark_dynamic(t, 0)
+    with torch._dynamo.config.patch(specialize_float=True, recompile_limit=64):
+        kernel(x3, *params, out3)
+
+# %% ../nbs/06a_engine.ipynb #4a5b150c
 class Arena:
     "Reused working buffers by role: a window's activations come from the same memory every call (no page faults)."
     def __init__(self): self.bufs = {}
@@ -149,7 +158,7 @@ class Arena:
     @property
     def nbytes(self) -> int: return sum(b.numel() * b.element_size() for b in self.bufs.values())
 
-# %% ../nbs/06a_engine.ipynb #963bdbbb
+# %% ../nbs/06a_engine.ipynb #701c788c
 _MM_CHECKED: dict = {}  # (K, N) -> relative error of bf16 on this machine, measured once per process
 
 def bf16_matmul_error(k: int, n: int) -> float:
@@ -189,12 +198,13 @@ class PackedCodec:
             self.enc, self.dec = _pack(model.encoder.layers, dtype), _pack(model.decoder.layers, dtype)
         self.hop_length, self.check_audio = model.hop_length, model._check_audio
         self.kernel = _compiled_snake() if compiled else snake_rows_eager
+        self.lanes = snake_lanes(self.widths())
 
     @property
     def compiled(self) -> bool: return self.kernel is not snake_rows_eager
 
     def widths(self) -> list:
-        "The channel counts Snake runs at (one compiled kernel each)."
+        "The channel counts Snake runs at."
         return sorted({op.channels for steps in (self.enc, self.dec) for kind, op in steps if kind == 'snake'} |
                       {op[0].channels for steps in (self.enc, self.dec) for kind, op in steps if kind == 'res'})
 
@@ -214,17 +224,16 @@ class PackedCodec:
         return None
 
     def compile_kernels(self) -> float:
-        "Compile the fused Snake for every width of this model now (Inductor; cached on disk); seconds taken."
-        t, kernel = time.perf_counter(), _compiled_snake()
-        with torch.inference_mode():
-            for c in self.widths():  # 16 rows: Dynamo would specialise a 1-row tensor
-                x, out = torch.zeros(16, c, dtype=self.dtype), torch.zeros(16, c, dtype=self.dtype)
-                _snake_into(kernel, x, torch.zeros(c), torch.ones(c), torch.ones(c), out)  # aliased arguments: other graphs
-        self.kernel = kernel  # only once every width compiled: a failure leaves the engine as it was
+        "Compile the fused Snake now (Inductor, one graph for every width; cached on disk); seconds taken."
+        t, kernel, c = time.perf_counter(), _compiled_snake(), 3 * self.lanes
+        with torch.inference_mode():  # 16 rows of 3 lane groups: Dynamo would specialise a size of 1
+            x, out = torch.zeros(16, c, dtype=self.dtype), torch.zeros(16, c, dtype=self.dtype)
+            _snake_into(kernel, x, torch.zeros(c), torch.ones(c), torch.ones(c), out, self.lanes)  # aliases: other graphs
+        self.kernel = kernel  # only once it compiled: a failure leaves the engine as it was
         return time.perf_counter() - t
 
     def _snake(self, x: Tensor, bias: Optional[Tensor], snake: PackedSnake, out: Tensor) -> Tensor:
-        _snake_into(self.kernel, x, snake.zero if bias is None else bias, snake.freq, snake.inv_beta, out)
+        _snake_into(self.kernel, x, snake.zero if bias is None else bias, snake.freq, snake.inv_beta, out, self.lanes)
         return out
 
     def _padded(self, x: Tensor, bias: Optional[Tensor], snake: Optional[PackedSnake], conv: PackedConv) -> Tensor:
