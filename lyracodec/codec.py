@@ -4,12 +4,12 @@
 
 # %% auto #0
 __all__ = ['CHUNK_FRAMES', 'PRECISIONS', 'DEVICE_CHUNK_FRAMES', 'COMPILE_CHOICES', 'COMPILE_AUTO_FRAMES', 'ENGINES',
-           'LATENT_DTYPES', 'LYRA_FORMAT', 'receptive_frames', 'chunk_plan', 'chunk_cuts', 'iter_chunks',
-           'compute_dtype', 'autocast_to', 'bf16_fault', 'checked_dtype', 'chunk_defaults', 'iter_encode',
-           'encode_audio', 'iter_decode', 'decode_latents', 'encode_file', 'file_reader', 'inductor_cache',
-           'wants_compile', 'noting_interrupts', 'CompiledRun', 'engine_for', 'checked_engine', 'packed_engine',
-           'model_fingerprint', 'latent_meta', 'save_latents', 'load_latents', 'check_compatible', 'run_args',
-           'encode_main', 'decode_main', 'reconstruct_main']
+           'COMPILE_AUTO_SNAKE', 'LATENT_DTYPES', 'LYRA_FORMAT', 'receptive_frames', 'chunk_plan', 'chunk_cuts',
+           'iter_chunks', 'compute_dtype', 'autocast_to', 'bf16_fault', 'checked_dtype', 'chunk_defaults',
+           'iter_encode', 'encode_audio', 'iter_decode', 'decode_latents', 'encode_file', 'file_reader',
+           'inductor_cache', 'wants_compile', 'noting_interrupts', 'CompiledRun', 'engine_for', 'wants_packed_compile',
+           'checked_engine', 'packed_engine', 'model_fingerprint', 'latent_meta', 'save_latents', 'load_latents',
+           'check_compatible', 'run_args', 'encode_main', 'decode_main', 'reconstruct_main']
 
 # %% ../nbs/06_codec.ipynb #2c1519e3
 import contextlib
@@ -370,6 +370,7 @@ class CompiledRun:
 
 # %% ../nbs/06_codec.ipynb #3b7639f7
 ENGINES = ('auto', 'packed', 'model')
+COMPILE_AUTO_SNAKE = 4e9  # Snake values: eager about 1.2 ns each, compiled 0.3, a warm compile about 3.7 s (06a_engine)
 
 def engine_for(choice: str, # 'auto', 'packed' or 'model' (`--engine`)
                device: torch.device, # where the model runs
@@ -379,6 +380,15 @@ def engine_for(choice: str, # 'auto', 'packed' or 'model' (`--engine`)
     cpu = torch.device(device).type == 'cpu'
     if choice == 'packed' and not cpu: raise ValueError(f'--engine packed runs on the CPU, not on {device}; use --engine auto')
     return 'model' if choice == 'model' or not cpu else 'packed'
+
+def wants_packed_compile(choice: str, # 'auto', 'on' or 'off' (`--compile`)
+                         engine: PackedCodec, # the engine that will run
+                         direction: str, # 'encode' or 'decode'
+                         n_frames: int, # latent frames of the input (or of all the inputs of a run)
+                        ) -> bool:
+    "Whether to compile the engine's Snake: `on` for any input, `auto` where the Snake work saved pays for the compile."
+    if choice not in COMPILE_CHOICES: raise ValueError(f'compile must be one of {COMPILE_CHOICES}, got {choice!r}')
+    return choice == 'on' or (choice == 'auto' and engine.snake_elements(direction) * n_frames >= COMPILE_AUTO_SNAKE)
 
 def checked_engine(model: VAE, # the model, on its device
                    dtype: Optional[torch.dtype], # `compute_dtype`'s choice
@@ -522,7 +532,8 @@ def _cli(prog: str, description: str, extensions: Sequence[str], out_suffix: str
                    help='auto = the packed engine (matmuls on channels-last activations) on a CPU, the model elsewhere')
     p.add_argument('--compile', default='auto', choices=COMPILE_CHOICES,
                    help=f'compile (torch.compile, cached on disk) the packed engine\'s Snake, or the model\'s windows: '
-                        f'auto = on a CPU for files of at least {COMPILE_AUTO_FRAMES} latent frames, where it measured faster')
+                        f'auto = where it measured faster: the Snake for inputs of at least {COMPILE_AUTO_SNAKE:.0e} Snake '
+                        f'values (the full preset: about 53 s), the model on a CPU from {COMPILE_AUTO_FRAMES} latent frames')
     p.add_argument('-q', '--quiet', action='store_true', help='no progress bar')
     extra_args(p)
     a = p.parse_args(argv)
@@ -581,11 +592,11 @@ def run_args(model: VAE, # the model, on its device
     "The chunk plan and call for one input: the packed engine on a CPU (kept on `a`), else the model, compiled where `--compile` says so."
     cf, of = chunk_defaults(model, what, a.chunk_frames, a.overlap_frames)
     device = next(model.parameters()).device
-    packed = engine_for(getattr(a, 'engine', 'auto'), device) == 'packed'
-    compiled = (packed and a.compile == 'on') or wants_compile(a.compile, device, n_frames, cf)  # the engine: any length
-    if packed:
-        a.packed = packed_engine(model, a.dtype_compute, compiled, getattr(a, 'packed', None))
+    if engine_for(getattr(a, 'engine', 'auto'), device) == 'packed':
+        eng = getattr(a, 'packed', None) or PackedCodec(model, a.dtype_compute)
+        a.packed = packed_engine(model, a.dtype_compute, wants_packed_compile(a.compile, eng, what, n_frames), eng)
         return dict(chunk_frames=cf, overlap_frames=of, run=getattr(a.packed, what))  # its precision is its own
+    compiled = wants_compile(a.compile, device, n_frames, cf)
     if not compiled: return dict(chunk_frames=cf, overlap_frames=of, dtype=a.dtype_compute)
     runs = a.__dict__.setdefault('compiled_runs', {})
     if (what, cf) not in runs: runs[(what, cf)] = CompiledRun(model, what, cf, a.dtype_compute)

@@ -4,7 +4,7 @@
 __all__ = ['SIN_TAYLOR', 'SNAKE_ROWS', 'TAP_BLOCK_ROWS', 'snake_rows', 'snake_rows_eager', 'PackedSnake', 'PackedConv',
            'PackedConvT', 'snake_lanes', 'Arena', 'bf16_matmul_error', 'PackedCodec']
 
-# %% ../nbs/06a_engine.ipynb #f201951f
+# %% ../nbs/06a_engine.ipynb #03559c6d
 import math, time
 from typing import Optional
 import torch
@@ -14,7 +14,7 @@ from .snake import Snake, EPS
 from .residual import ResidualUnit
 from .vae import VAE, posterior_stats
 
-# %% ../nbs/06a_engine.ipynb #35d0c265
+# %% ../nbs/06a_engine.ipynb #92d1e6d1
 SIN_TAYLOR = tuple((-1) ** k / math.factorial(2 * k + 1) for k in range(6))  # sin r to r¹¹: |error| < 6e-8 for |r| ≤ π/2
 
 def snake_rows(x: Tensor, # channels-last activations `[T, C]`, float32 or bfloat16
@@ -42,7 +42,7 @@ def snake_rows_eager(x: Tensor, bias: Tensor, freq: Tensor, inv_beta: Tensor, ou
         xf = x[i:i + SNAKE_ROWS].float() + bias  # [rows, C]
         out[i:i + SNAKE_ROWS].copy_(torch.mul(xf, alpha).sin_().square_().mul_(inv_beta).add_(xf))
 
-# %% ../nbs/06a_engine.ipynb #4f244ecb
+# %% ../nbs/06a_engine.ipynb #93ded51d
 class PackedSnake:
     "A `Snake`'s parameters as `snake_rows` takes them (float32 `[C]`)."
     def __init__(self, m: Snake):
@@ -104,7 +104,7 @@ class PackedConv:
         for j in range(1, self.k): y += z[j * self.d:j * self.d + To, j * self.cout:(j + 1) * self.cout]
         return y.add_(self.bias), None  # float32, bias added
 
-# %% ../nbs/06a_engine.ipynb #95e5d128
+# %% ../nbs/06a_engine.ipynb #d288a5f4
 class PackedConvT:
     "A `ConvTranspose1d` of kernel 2·stride as two matmuls whose outputs overlap by one row of `s` samples."
     def __init__(self, conv: nn.ConvTranspose1d, dtype: torch.dtype):
@@ -144,7 +144,7 @@ def _snake_into(kernel, x: Tensor, bias: Tensor, freq: Tensor, inv_beta: Tensor,
     with torch._dynamo.config.patch(specialize_float=True, recompile_limit=64):
         kernel(x3, *params, out3)
 
-# %% ../nbs/06a_engine.ipynb #4a5b150c
+# %% ../nbs/06a_engine.ipynb #c82b2bd5
 class Arena:
     "Reused working buffers by role: a window's activations come from the same memory every call (no page faults)."
     def __init__(self): self.bufs = {}
@@ -158,7 +158,7 @@ class Arena:
     @property
     def nbytes(self) -> int: return sum(b.numel() * b.element_size() for b in self.bufs.values())
 
-# %% ../nbs/06a_engine.ipynb #701c788c
+# %% ../nbs/06a_engine.ipynb #4799c463
 _MM_CHECKED: dict = {}  # (K, N) -> relative error of bf16 on this machine, measured once per process
 
 def bf16_matmul_error(k: int, n: int) -> float:
@@ -207,6 +207,16 @@ class PackedCodec:
         "The channel counts Snake runs at."
         return sorted({op.channels for steps in (self.enc, self.dec) for kind, op in steps if kind == 'snake'} |
                       {op[0].channels for steps in (self.enc, self.dec) for kind, op in steps if kind == 'res'})
+
+    def snake_elements(self, direction: str) -> int:
+        "Values Snake computes per latent frame in `direction` ('encode' or 'decode'): what compiling it saves time on."
+        rows, n = (self.hop_length, 0) if direction == 'encode' else (1, 0)  # rows per latent frame at each step
+        for kind, op in (self.enc if direction == 'encode' else self.dec):
+            if kind == 'snake': n += op.channels * rows
+            elif kind == 'res': n += 2 * op[0].channels * rows
+            elif kind == 'convT': rows *= op.s
+            elif op.s > 1: rows //= op.s
+        return n
 
     def matmul_shapes(self) -> list:
         "The `(K, N)` weight shapes of every matmul the engine runs."

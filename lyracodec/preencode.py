@@ -35,7 +35,8 @@ from .audio import AUDIO_EXTENSIONS, audio_info, collect_files, resampled_length
 from .codec import (CHUNK_FRAMES, COMPILE_CHOICES, COMPILE_AUTO_FRAMES, LATENT_DTYPES, PRECISIONS, CompiledRun,
                              iter_chunks, autocast_to, checked_dtype, chunk_defaults, chunk_plan, compute_dtype,
                              file_reader, model_fingerprint, wants_compile, ENGINES, checked_engine, engine_for,
-                             packed_engine)
+                             packed_engine, wants_packed_compile)
+from .engine import PackedCodec
 from .vae import VAE, load_pretrained
 from .runtime import dist_env, pick_device
 from .shards import (PROG, PREENCODE_FORMAT, SHARD_DIR, INDEX_NAME, META_NAME, STATS_NAME, SKIPPED_NAME,
@@ -291,10 +292,11 @@ def _encode_share(model: VAE, share: list, a, run_id: str, rank: int, device, cd
     "Encode this rank's files into its own shards; what could not be encoded is returned, not raised."
     from tqdm.auto import tqdm
     post, fixed = None, False
-    packed = engine_for(a.engine, device) == 'packed'
-    compiled = (packed and a.compile == 'on') or wants_compile(a.compile, device, _share_frames(model, share), a.chunk_frames)
-    if packed: post = packed_engine(model, cdtype, compiled).posterior  # any window length
-    elif compiled:  # one compiled window shape; batches of it
+    frames = _share_frames(model, share)
+    if engine_for(a.engine, device) == 'packed':  # any window length
+        eng = PackedCodec(model, cdtype)
+        post = packed_engine(model, cdtype, wants_packed_compile(a.compile, eng, 'encode', frames), eng).posterior
+    elif wants_compile(a.compile, device, frames, a.chunk_frames):  # one compiled window shape; batches of it
         post, fixed = CompiledRun(model, 'posterior', a.chunk_frames, cdtype), True
     ds = ChunkWindows(share, model.sample_rate, model.hop_length, a.chunk_frames, a.overlap_frames, fixed)
     dl = DataLoader(ds, batch_size=None, num_workers=a.workers, pin_memory=device.type == 'cuda')
@@ -406,7 +408,8 @@ def main(argv: list[str] | None=None) -> int:
                    help='auto = the packed engine (matmuls on channels-last activations) on a CPU, the model elsewhere')
     p.add_argument('--compile', default='auto', choices=COMPILE_CHOICES,
                    help=f'compile (torch.compile, cached on disk) the packed engine\'s Snake, or the model\'s windows: '
-                        f'auto = on a CPU when the files hold at least {COMPILE_AUTO_FRAMES} latent frames, where it measured faster')
+                        f'auto = where it measured faster: the Snake when the files hold enough Snake work (the full '
+                        f'preset: about 53 s), the model on a CPU from {COMPILE_AUTO_FRAMES} latent frames')
     p.add_argument('--precision', default='auto', choices=PRECISIONS,
                    help='compute precision: auto = bf16 where the hardware runs it fast, fp32 otherwise')
     p.add_argument('--batch', type=int, default=0,
