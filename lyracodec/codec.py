@@ -370,7 +370,7 @@ class CompiledRun:
 
 # %% ../nbs/06_codec.ipynb #3b7639f7
 ENGINES = ('auto', 'packed', 'model')
-COMPILE_AUTO_SNAKE = 4e9  # Snake values: eager about 1.2 ns each, compiled 0.3, a warm compile about 3.7 s (06a_engine)
+COMPILE_AUTO_SNAKE = 4e9  # Snake values: compiling saves 0.7–0.8 ns each and costs about 3.7 s warm (06a_engine)
 
 def engine_for(choice: str, # 'auto', 'packed' or 'model' (`--engine`)
                device: torch.device, # where the model runs

@@ -4,7 +4,7 @@
 __all__ = ['SIN_TAYLOR', 'SNAKE_ROWS', 'TAP_BLOCK_ROWS', 'snake_rows', 'snake_rows_eager', 'PackedSnake', 'PackedConv',
            'PackedConvT', 'snake_lanes', 'Arena', 'bf16_matmul_error', 'PackedCodec']
 
-# %% ../nbs/06a_engine.ipynb #03559c6d
+# %% ../nbs/06a_engine.ipynb #1ceefa9d
 import math, time
 from typing import Optional
 import torch
@@ -14,7 +14,7 @@ from .snake import Snake, EPS
 from .residual import ResidualUnit
 from .vae import VAE, posterior_stats
 
-# %% ../nbs/06a_engine.ipynb #92d1e6d1
+# %% ../nbs/06a_engine.ipynb #69d6e286
 SIN_TAYLOR = tuple((-1) ** k / math.factorial(2 * k + 1) for k in range(6))  # sin r to r¹¹: |error| < 6e-8 for |r| ≤ π/2
 
 def snake_rows(x: Tensor, # channels-last activations `[T, C]`, float32 or bfloat16
@@ -42,7 +42,7 @@ def snake_rows_eager(x: Tensor, bias: Tensor, freq: Tensor, inv_beta: Tensor, ou
         xf = x[i:i + SNAKE_ROWS].float() + bias  # [rows, C]
         out[i:i + SNAKE_ROWS].copy_(torch.mul(xf, alpha).sin_().square_().mul_(inv_beta).add_(xf))
 
-# %% ../nbs/06a_engine.ipynb #93ded51d
+# %% ../nbs/06a_engine.ipynb #674c3bb6
 class PackedSnake:
     "A `Snake`'s parameters as `snake_rows` takes them (float32 `[C]`)."
     def __init__(self, m: Snake):
@@ -104,7 +104,7 @@ class PackedConv:
         for j in range(1, self.k): y += z[j * self.d:j * self.d + To, j * self.cout:(j + 1) * self.cout]
         return y.add_(self.bias), None  # float32, bias added
 
-# %% ../nbs/06a_engine.ipynb #d288a5f4
+# %% ../nbs/06a_engine.ipynb #05ee7970
 class PackedConvT:
     "A `ConvTranspose1d` of kernel 2·stride as two matmuls whose outputs overlap by one row of `s` samples."
     def __init__(self, conv: nn.ConvTranspose1d, dtype: torch.dtype):
@@ -144,7 +144,7 @@ def _snake_into(kernel, x: Tensor, bias: Tensor, freq: Tensor, inv_beta: Tensor,
     with torch._dynamo.config.patch(specialize_float=True, recompile_limit=64):
         kernel(x3, *params, out3)
 
-# %% ../nbs/06a_engine.ipynb #c82b2bd5
+# %% ../nbs/06a_engine.ipynb #4f4041e4
 class Arena:
     "Reused working buffers by role: a window's activations come from the same memory every call (no page faults)."
     def __init__(self): self.bufs = {}
@@ -158,7 +158,7 @@ class Arena:
     @property
     def nbytes(self) -> int: return sum(b.numel() * b.element_size() for b in self.bufs.values())
 
-# %% ../nbs/06a_engine.ipynb #4799c463
+# %% ../nbs/06a_engine.ipynb #c569a89d
 _MM_CHECKED: dict = {}  # (K, N) -> relative error of bf16 on this machine, measured once per process
 
 def bf16_matmul_error(k: int, n: int) -> float:
