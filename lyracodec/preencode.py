@@ -15,7 +15,9 @@ import math
 import os
 import secrets
 import sys
+import threading
 import time
+import traceback
 import warnings
 from collections import defaultdict
 from datetime import timedelta
@@ -388,6 +390,16 @@ def _stop_on_sigterm():
         def stop(*_): raise KeyboardInterrupt
         signal.signal(signal.SIGTERM, stop)
 
+def _quiet_sharer(hook):
+    "A `threading.excepthook` that drops a lost connection in multiprocessing's fd-sharing thread and passes on the rest."
+    def excepthook(args):
+        tb = traceback.extract_tb(args.exc_traceback) if args.exc_traceback is not None else []
+        if (isinstance(args.exc_value, (BrokenPipeError, ConnectionResetError, EOFError))
+                and any(f.filename.endswith(os.path.join('multiprocessing', 'resource_sharer.py')) for f in tb)):
+            return  # a DataLoader worker died mid-handshake (Ctrl-C): the main thread reports the stop in one line
+        hook(args)
+    return excepthook
+
 def main(argv: list[str] | None=None) -> int:
     "Console script `lyracodec_preencode`: every audio file below AUDIO_DIR to latent shards in OUT_DIR."
     p = cli_parser(PROG, 'Encode every audio file below AUDIO_DIR (wav, flac, ogg, mp3) into latent shards in OUT_DIR, '
@@ -435,9 +447,11 @@ def main(argv: list[str] | None=None) -> int:
     own = world > 1 and not dist.is_initialized()
     if own: dist.init_process_group('gloo', timeout=timedelta(days=7))  # ranks may finish hours apart
     _stop_on_sigterm()
+    hook, threading.excepthook = threading.excepthook, _quiet_sharer(threading.excepthook)
     try: return run_main(PROG, lambda: _run(a, world, rank, local_rank), path=a.out_dir)
     except KeyboardInterrupt:
         if rank == 0: print(f'{PROG}: stopped; the shards written so far are kept: rerun the same command to resume', file=sys.stderr)
         return 130
     finally:
+        threading.excepthook = hook
         if own: dist.destroy_process_group()

@@ -346,3 +346,18 @@ def test_verify_usage_and_unknown_folder(tmp_path, capsys):
     assert e.value.code == 2
     with pytest.raises(SystemExit) as e: main([str(tmp_path)])
     assert e.value.code == 2
+
+def test_a_lost_fd_sharing_connection_prints_nothing():
+    "Ctrl-C can kill a DataLoader worker mid-handshake; multiprocessing's sharing thread must not print a traceback then."
+    import types, multiprocessing.resource_sharer as rs
+    from lyracodec.preencode import _quiet_sharer
+    seen = []
+    hook = _quiet_sharer(seen.append)
+    def args_of(code, filename):
+        try: exec(compile(code, filename, 'exec'))
+        except BaseException as e: return types.SimpleNamespace(exc_type=type(e), exc_value=e, exc_traceback=e.__traceback__, thread=None)
+    hook(args_of('raise BrokenPipeError(32, "Broken pipe")', rs.__file__))  # raised in the sharing thread: dropped
+    assert seen == []
+    other = args_of('raise BrokenPipeError(32, "Broken pipe")', 'elsewhere.py')  # anywhere else: passed on
+    hook(other); hook(args_of('raise ValueError("x")', rs.__file__))
+    assert [type(a.exc_value) for a in seen] == [BrokenPipeError, ValueError]
