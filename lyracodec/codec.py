@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['CHUNK_FRAMES', 'PRECISIONS', 'DEVICE_CHUNK_FRAMES', 'COMPILE_CHOICES', 'COMPILE_AUTO_FRAMES', 'ENGINES',
-           'COMPILE_AUTO_SNAKE', 'LATENT_DTYPES', 'LYRA_FORMAT', 'receptive_frames', 'chunk_plan', 'chunk_cuts',
-           'iter_chunks', 'compute_dtype', 'autocast_to', 'bf16_fault', 'checked_dtype', 'chunk_defaults',
+           'ENGINE_HELP', 'COMPILE_AUTO_SNAKE', 'LATENT_DTYPES', 'LYRA_FORMAT', 'receptive_frames', 'chunk_plan',
+           'chunk_cuts', 'iter_chunks', 'compute_dtype', 'autocast_to', 'bf16_fault', 'checked_dtype', 'chunk_defaults',
            'iter_encode', 'encode_audio', 'iter_decode', 'decode_latents', 'encode_file', 'file_reader',
            'inductor_cache', 'wants_compile', 'noting_interrupts', 'CompiledRun', 'engine_for', 'wants_packed_compile',
            'checked_engine', 'packed_engine', 'model_fingerprint', 'latent_meta', 'save_latents', 'load_latents',
@@ -370,6 +370,7 @@ class CompiledRun:
 
 # %% ../nbs/06_codec.ipynb #3b7639f7
 ENGINES = ('auto', 'packed', 'model')
+ENGINE_HELP = 'auto = the packed engine (matmuls on channels-last activations) on a CPU, the model elsewhere'
 COMPILE_AUTO_SNAKE = 4e9  # Snake values: compiling saves 0.7–0.8 ns each and costs about 3.7 s warm (06a_engine)
 
 def engine_for(choice: str, # 'auto', 'packed' or 'model' (`--engine`)
@@ -528,8 +529,7 @@ def _cli(prog: str, description: str, extensions: Sequence[str], out_suffix: str
     p.add_argument('--precision', default='auto', choices=PRECISIONS,
                    help='compute precision: auto = bf16 where the hardware runs it fast, fp32 otherwise')
     p.add_argument('--device', default='auto', help="'auto' (CUDA if present), 'cpu', 'cuda' or 'cuda:N'")
-    p.add_argument('--engine', default='auto', choices=ENGINES,
-                   help='auto = the packed engine (matmuls on channels-last activations) on a CPU, the model elsewhere')
+    p.add_argument('--engine', default='auto', choices=ENGINES, help=ENGINE_HELP)
     p.add_argument('--compile', default='auto', choices=COMPILE_CHOICES,
                    help=f'compile (torch.compile, cached on disk) the packed engine\'s Snake, or the model\'s windows: '
                         f'auto = where it measured faster: the Snake for inputs of at least {COMPILE_AUTO_SNAKE:.0e} Snake '

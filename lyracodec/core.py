@@ -6,10 +6,11 @@
 __all__ = ['PathLike', 'EXPECTED_ERRORS', 'cache_dir', 'ConfigError', 'need', 'check_type', 'Config', 'config_from_dict',
            'OutputError', 'check_output', 'temp_name_prefix', 'remove_stale_temps', 'fsync_dir', 'new_temp_path',
            'disk_full', 'atomic_write', 'save_safetensors', 'shown_path', 'os_error_message', 'FolderLock',
-           'cli_parser', 'run_main']
+           'cli_parser', 'drop_worker_disconnects', 'quiet_worker_disconnects', 'run_main']
 
 # %% ../nbs/00a_core.ipynb #49fdd848
 import argparse
+import contextlib
 import contextvars
 import errno
 import glob
@@ -19,6 +20,8 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
+import traceback
 from collections.abc import Sequence as _AbcSequence
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -297,13 +300,31 @@ def cli_parser(prog: str, # the command's name
 
 EXPECTED_ERRORS = (ConfigError, OSError, ValueError, EOFError)
 
+def drop_worker_disconnects(hook: Callable) -> Callable:
+    "A `threading.excepthook` that drops a lost connection in multiprocessing's fd-sharing thread and passes on the rest."
+    def excepthook(args):
+        tb = traceback.extract_tb(args.exc_traceback) if args.exc_traceback is not None else []
+        if (isinstance(args.exc_value, (BrokenPipeError, ConnectionResetError, EOFError))
+                and any(f.filename.endswith(os.path.join('multiprocessing', 'resource_sharer.py')) for f in tb)):
+            return  # a DataLoader worker died mid-handshake (Ctrl-C): the command reports the stop in one line
+        hook(args)
+    return excepthook
+
+@contextlib.contextmanager
+def quiet_worker_disconnects():
+    "Within (and in DataLoader workers forked within): `drop_worker_disconnects` is the thread exception hook."
+    hook, threading.excepthook = threading.excepthook, drop_worker_disconnects(threading.excepthook)
+    try: yield
+    finally: threading.excepthook = hook
+
 def run_main(prog: str, # the command's name, first word of every error line
              body: Callable[[], int], # does the work, returns the exit code
              code: int=1, # exit code of an expected failure
              path: Optional[PathLike]=None, # the file or folder an error concerns, when the error does not name one
             ) -> int:
     "Run a command's body; expected failures become one line on stderr and exit code `code`."
-    try: return body()
+    try:
+        with quiet_worker_disconnects(): return body()
     except EXPECTED_ERRORS as e:
         print(f'{prog}: error: {os_error_message(e, path)}', file=sys.stderr)
         return code

@@ -4,7 +4,7 @@
 __all__ = ['SIN_TAYLOR', 'SNAKE_ROWS', 'TAP_BLOCK_ROWS', 'snake_rows', 'snake_rows_eager', 'PackedSnake', 'PackedConv',
            'PackedConvT', 'snake_lanes', 'Arena', 'bf16_matmul_error', 'PackedCodec']
 
-# %% ../nbs/06a_engine.ipynb #1ceefa9d
+# %% ../nbs/06a_engine.ipynb #722d2197
 import math, time
 from typing import Optional
 import torch
@@ -14,7 +14,7 @@ from .snake import Snake, EPS
 from .residual import ResidualUnit
 from .vae import VAE, posterior_stats
 
-# %% ../nbs/06a_engine.ipynb #69d6e286
+# %% ../nbs/06a_engine.ipynb #783b05d3
 SIN_TAYLOR = tuple((-1) ** k / math.factorial(2 * k + 1) for k in range(6))  # sin r to r¹¹: |error| < 6e-8 for |r| ≤ π/2
 
 def snake_rows(x: Tensor, # channels-last activations `[T, C]`, float32 or bfloat16
@@ -42,7 +42,7 @@ def snake_rows_eager(x: Tensor, bias: Tensor, freq: Tensor, inv_beta: Tensor, ou
         xf = x[i:i + SNAKE_ROWS].float() + bias  # [rows, C]
         out[i:i + SNAKE_ROWS].copy_(torch.mul(xf, alpha).sin_().square_().mul_(inv_beta).add_(xf))
 
-# %% ../nbs/06a_engine.ipynb #674c3bb6
+# %% ../nbs/06a_engine.ipynb #a00c70bf
 class PackedSnake:
     "A `Snake`'s parameters as `snake_rows` takes them (float32 `[C]`)."
     def __init__(self, m: Snake):
@@ -50,6 +50,10 @@ class PackedSnake:
         self.freq = m.alpha.detach().float().exp() / math.pi
         self.inv_beta = 1.0 / (m.beta.detach().float().exp() + EPS)
         self.zero = torch.zeros(self.channels)  # the bias when there is none
+
+def _float_bias(conv: nn.Module) -> Tensor:
+    "A convolution's bias as its own float32 `[Cout]` tensor (zeros if it has none)."
+    return torch.zeros(conv.out_channels) if conv.bias is None else conv.bias.detach().float().clone()
 
 TAP_BLOCK_ROWS = {torch.float32: 1024}  # measured: fp32 taps on 128 channels run 1.2× faster in 1,024-row blocks; bf16 (AMX) slower
 
@@ -60,7 +64,7 @@ class PackedConv:
         (self.k,), (self.s,), (self.d,), (self.p,) = conv.kernel_size, conv.stride, conv.dilation, conv.padding
         self.cin, self.cout = conv.in_channels, conv.out_channels
         if conv.groups != 1 or conv.padding_mode != 'zeros': raise ValueError(f'cannot pack {conv}: groups or padding mode')
-        self.bias = torch.zeros(self.cout) if conv.bias is None else conv.bias.detach().float().clone()
+        self.bias = _float_bias(conv)
         if self.s > 1:
             if self.k != 2 * self.s or self.d != 1: raise ValueError(f'cannot pack {conv}: a strided conv must have kernel 2·stride')
             self.mode, self.w = 'strided', w.permute(2, 1, 0).reshape(2, self.s * self.cin, self.cout)  # [2, s·Cin, Cout]
@@ -104,7 +108,7 @@ class PackedConv:
         for j in range(1, self.k): y += z[j * self.d:j * self.d + To, j * self.cout:(j + 1) * self.cout]
         return y.add_(self.bias), None  # float32, bias added
 
-# %% ../nbs/06a_engine.ipynb #05ee7970
+# %% ../nbs/06a_engine.ipynb #0864a1f7
 class PackedConvT:
     "A `ConvTranspose1d` of kernel 2·stride as two matmuls whose outputs overlap by one row of `s` samples."
     def __init__(self, conv: nn.ConvTranspose1d, dtype: torch.dtype):
@@ -115,7 +119,7 @@ class PackedConvT:
             raise ValueError(f'cannot pack {conv}: a transposed conv must have kernel 2·stride')
         s = self.s
         self.w = w.permute(0, 2, 1).reshape(self.cin, 2, s * self.cout).transpose(0, 1).contiguous().to(dtype)  # [2, Cin, s·Cout]
-        self.bias = torch.zeros(self.cout) if conv.bias is None else conv.bias.detach().float().clone()
+        self.bias = _float_bias(conv)
 
     def __call__(self, x: Tensor, arena: 'Arena') -> tuple:  # [T, Cin] -> ([To, Cout] without bias, bias)
         T, s = x.shape[0], self.s
@@ -144,7 +148,7 @@ def _snake_into(kernel, x: Tensor, bias: Tensor, freq: Tensor, inv_beta: Tensor,
     with torch._dynamo.config.patch(specialize_float=True, recompile_limit=64):
         kernel(x3, *params, out3)
 
-# %% ../nbs/06a_engine.ipynb #4f4041e4
+# %% ../nbs/06a_engine.ipynb #59634094
 class Arena:
     "Reused working buffers by role: a window's activations come from the same memory every call (no page faults)."
     def __init__(self): self.bufs = {}
@@ -158,7 +162,7 @@ class Arena:
     @property
     def nbytes(self) -> int: return sum(b.numel() * b.element_size() for b in self.bufs.values())
 
-# %% ../nbs/06a_engine.ipynb #c569a89d
+# %% ../nbs/06a_engine.ipynb #b6c6f895
 _MM_CHECKED: dict = {}  # (K, N) -> relative error of bf16 on this machine, measured once per process
 
 def bf16_matmul_error(k: int, n: int) -> float:
@@ -196,7 +200,7 @@ class PackedCodec:
         self.cfg, self.dtype, self.arena = model.cfg, dtype, Arena()
         with torch.inference_mode():  # inference tensors throughout: compiled kernels see one kind of tensor (one graph)
             self.enc, self.dec = _pack(model.encoder.layers, dtype), _pack(model.decoder.layers, dtype)
-        self.hop_length, self.check_audio = model.hop_length, model._check_audio
+        self.hop_length, self.check_audio, self.check_latent = model.hop_length, model._check_audio, model._check_latent
         self.kernel = _compiled_snake() if compiled else snake_rows_eager
         self.lanes = snake_lanes(self.widths())
 
@@ -286,9 +290,7 @@ class PackedCodec:
     @torch.inference_mode()
     def decoder(self, z: Tensor) -> Tensor:  # [B, D, F] -> [B, C, F·hop], float32
         "What `model.decoder` computes."
-        if not torch.is_tensor(z) or z.dim() != 3 or z.shape[1] != self.cfg.latent_dim or z.shape[-1] < 1:
-            shape = tuple(z.shape) if torch.is_tensor(z) else type(z).__name__
-            raise ValueError(f'expected a latent of shape [B, {self.cfg.latent_dim}, F], got {shape}')
+        self.check_latent(z)
         return torch.stack([self.run(self.dec, zb.t().to(self.dtype).contiguous()).t() for zb in z])
 
     @torch.inference_mode()

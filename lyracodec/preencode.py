@@ -15,9 +15,7 @@ import math
 import os
 import secrets
 import sys
-import threading
 import time
-import traceback
 import warnings
 from collections import defaultdict
 from datetime import timedelta
@@ -36,7 +34,7 @@ from .core import (EXPECTED_ERRORS, FolderLock, OutputError, PathLike, atomic_wr
 from .audio import AUDIO_EXTENSIONS, audio_info, collect_files, resampled_length
 from .codec import (CHUNK_FRAMES, COMPILE_CHOICES, COMPILE_AUTO_FRAMES, LATENT_DTYPES, PRECISIONS, CompiledRun,
                              iter_chunks, autocast_to, checked_dtype, chunk_defaults, chunk_plan, compute_dtype,
-                             file_reader, model_fingerprint, wants_compile, ENGINES, checked_engine, engine_for,
+                             file_reader, model_fingerprint, wants_compile, ENGINES, ENGINE_HELP, checked_engine, engine_for,
                              packed_engine, wants_packed_compile)
 from .engine import PackedCodec
 from .vae import VAE, load_pretrained
@@ -296,7 +294,7 @@ def _encode_share(model: VAE, share: list, a, run_id: str, rank: int, device, cd
     post, fixed = None, False
     frames = _share_frames(model, share)
     if engine_for(a.engine, device) == 'packed':  # any window length
-        eng = PackedCodec(model, cdtype)
+        eng = getattr(a, 'packed', None) or PackedCodec(model, cdtype)
         post = packed_engine(model, cdtype, wants_packed_compile(a.compile, eng, 'encode', frames), eng).posterior
     elif wants_compile(a.compile, device, frames, a.chunk_frames):  # one compiled window shape; batches of it
         post, fixed = CompiledRun(model, 'posterior', a.chunk_frames, cdtype), True
@@ -344,7 +342,7 @@ def _run_held(a, world: int, rank: int, local_rank: int, held: contextlib.ExitSt
     except ValueError as e: return fail(e)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
-        try: cdtype = checked_engine(model, cdtype, a.precision, engine_for(a.engine, device))[0]
+        try: cdtype, a.packed = checked_engine(model, cdtype, a.precision, engine_for(a.engine, device))  # built once
         except ValueError as e: return fail(e)
     for w in caught: say(f'{PROG}: warning: {" ".join(str(w.message).split())}')
     if device.type == 'cuda': torch.cuda.set_device(device)
@@ -390,16 +388,6 @@ def _stop_on_sigterm():
         def stop(*_): raise KeyboardInterrupt
         signal.signal(signal.SIGTERM, stop)
 
-def _quiet_sharer(hook):
-    "A `threading.excepthook` that drops a lost connection in multiprocessing's fd-sharing thread and passes on the rest."
-    def excepthook(args):
-        tb = traceback.extract_tb(args.exc_traceback) if args.exc_traceback is not None else []
-        if (isinstance(args.exc_value, (BrokenPipeError, ConnectionResetError, EOFError))
-                and any(f.filename.endswith(os.path.join('multiprocessing', 'resource_sharer.py')) for f in tb)):
-            return  # a DataLoader worker died mid-handshake (Ctrl-C): the main thread reports the stop in one line
-        hook(args)
-    return excepthook
-
 def main(argv: list[str] | None=None) -> int:
     "Console script `lyracodec_preencode`: every audio file below AUDIO_DIR to latent shards in OUT_DIR."
     p = cli_parser(PROG, 'Encode every audio file below AUDIO_DIR (wav, flac, ogg, mp3) into latent shards in OUT_DIR, '
@@ -416,8 +404,7 @@ def main(argv: list[str] | None=None) -> int:
     p.add_argument('--rehash', action='store_true', help='hash the source files again: re-encode (or, with --verify, '
                    'report) those whose bytes changed though their size and modification time did not')
     p.add_argument('--dtype', default='float16', choices=sorted(LATENT_DTYPES), help='stored latent precision')
-    p.add_argument('--engine', default='auto', choices=ENGINES,
-                   help='auto = the packed engine (matmuls on channels-last activations) on a CPU, the model elsewhere')
+    p.add_argument('--engine', default='auto', choices=ENGINES, help=ENGINE_HELP)
     p.add_argument('--compile', default='auto', choices=COMPILE_CHOICES,
                    help=f'compile (torch.compile, cached on disk) the packed engine\'s Snake, or the model\'s windows: '
                         f'auto = where it measured faster: the Snake when the files hold enough Snake work (the full '
@@ -447,11 +434,9 @@ def main(argv: list[str] | None=None) -> int:
     own = world > 1 and not dist.is_initialized()
     if own: dist.init_process_group('gloo', timeout=timedelta(days=7))  # ranks may finish hours apart
     _stop_on_sigterm()
-    hook, threading.excepthook = threading.excepthook, _quiet_sharer(threading.excepthook)
     try: return run_main(PROG, lambda: _run(a, world, rank, local_rank), path=a.out_dir)
     except KeyboardInterrupt:
         if rank == 0: print(f'{PROG}: stopped; the shards written so far are kept: rerun the same command to resume', file=sys.stderr)
         return 130
     finally:
-        threading.excepthook = hook
         if own: dist.destroy_process_group()

@@ -21,7 +21,8 @@ import torch.distributed as dist
 from fastcore.basics import patch
 from torch import nn, Tensor
 
-from .core import ConfigError, EXPECTED_ERRORS, FolderLock, PathLike, cache_dir, os_error_message, remove_stale_temps
+from .core import (ConfigError, EXPECTED_ERRORS, FolderLock, PathLike, cache_dir, os_error_message,
+                            quiet_worker_disconnects, remove_stale_temps)
 from .vae import VAE, save_pretrained
 from .losses import ReconstructionLoss, MultiScaleSTFTDiscriminator, discriminator_loss, generator_adversarial_loss
 from .dataset import VocalDataset, AugmentConfig, audio_loader
@@ -430,7 +431,7 @@ def main(argv: list[str] | None=None) -> int:
                               'or choose another --out / --set run.name=...')
         t0 = time.perf_counter()
         trainer = Trainer(cfg, run_dir, resume=a.resume)
-        code = trainer.fit()
+        with quiet_worker_disconnects(): code = trainer.fit()  # Ctrl-C may kill a DataLoader worker mid-handshake
         if code == 0 and trainer.is_main:
             print(f'done in {time.perf_counter() - t0:.0f} s; run folder {run_dir}')
             if a.demo and trainer.start_mrstft and getattr(trainer, 'final_mrstft', None) is not None:

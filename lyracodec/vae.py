@@ -58,6 +58,11 @@ class VAE(nn.Module):
             shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
             raise ValueError(f'expected audio of shape [B, {self.cfg.in_channels}, T] with T >= 1, got {shape}')
 
+    def _check_latent(self, z: Tensor):
+        if not torch.is_tensor(z) or z.dim() != 3 or z.shape[1] != self.cfg.latent_dim or z.shape[-1] < 1:
+            shape = tuple(z.shape) if torch.is_tensor(z) else type(z).__name__
+            raise ValueError(f'expected a latent of shape [B, {self.cfg.latent_dim}, F] with F >= 1, got {shape}')
+
     def pad(self, x: Tensor) -> Tensor:
         "Zero-pad on the right to a multiple of the hop: `[B, C, T]` → `[B, C, ceil(T/hop)·hop]`."
         return F.pad(x, (0, -x.shape[-1] % self.hop_length))
@@ -78,9 +83,7 @@ class VAE(nn.Module):
                length: int | None=None, # crop the output to this many samples
               ) -> Tensor: # audio `[B, C, F·hop]` or `[B, C, length]`
         "Decode latents to audio."
-        if not torch.is_tensor(z) or z.dim() != 3 or z.shape[1] != self.cfg.latent_dim:
-            shape = tuple(z.shape) if torch.is_tensor(z) else type(z).__name__
-            raise ValueError(f'expected a latent of shape [B, {self.cfg.latent_dim}, F], got {shape}')
+        self._check_latent(z)
         y = self.decoder(z)  # [B, C, F*hop]
         return y if length is None else y[..., :length]
 

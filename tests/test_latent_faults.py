@@ -350,9 +350,9 @@ def test_verify_usage_and_unknown_folder(tmp_path, capsys):
 def test_a_lost_fd_sharing_connection_prints_nothing():
     "Ctrl-C can kill a DataLoader worker mid-handshake; multiprocessing's sharing thread must not print a traceback then."
     import types, multiprocessing.resource_sharer as rs
-    from lyracodec.preencode import _quiet_sharer
+    from lyracodec.core import drop_worker_disconnects
     seen = []
-    hook = _quiet_sharer(seen.append)
+    hook = drop_worker_disconnects(seen.append)
     def args_of(code, filename):
         try: exec(compile(code, filename, 'exec'))
         except BaseException as e: return types.SimpleNamespace(exc_type=type(e), exc_value=e, exc_traceback=e.__traceback__, thread=None)
