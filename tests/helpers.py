@@ -21,9 +21,13 @@ def proc_nbs(dest: Path, timeout: float=900) -> Path:
     for name in ('settings.ini', '_quarto.yml', 'setup.py', 'README.md'): shutil.copy(ROOT / name, dest / name)
     stub = dest / 'stub_bin'; stub.mkdir()
     (stub / 'quarto').write_text('#!/bin/sh\necho 1.5.0\n'); (stub / 'quarto').chmod(0o755)
-    env = {**os.environ, 'PATH': f'{stub}{os.pathsep}{BIN}{os.pathsep}{os.environ.get("PATH", "")}'}
+    scratch = dest / 'tmp'; scratch.mkdir()  # docs processing runs the import cells: what they create must not outlive them
+    env = {**os.environ, 'PATH': f'{stub}{os.pathsep}{BIN}{os.pathsep}{os.environ.get("PATH", "")}', 'TMPDIR': str(scratch)}
     r = subprocess.run([str(BIN / 'nbdev_proc_nbs')], cwd=dest, capture_output=True, text=True, timeout=timeout, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
+    # importing torch._dynamo creates Inductor's default cache folder; it must stay empty (nothing compiled)
+    left = sorted(str(p.relative_to(scratch)) for p in scratch.rglob('*') if not (p.is_dir() and p.name.startswith('torchinductor_')))
+    assert not left, f'docs processing left temporary files behind: {left}'
     return dest / '_proc'
 
 def save_two_tiny_models(d: Path):
