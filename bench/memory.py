@@ -4,7 +4,8 @@ Usage (from the checkout root):
     /work/main/.venv/bin/python bench/memory.py [--minutes 1 5 20] [--rate 48000] [--threads 2]
 
 For each duration a noise-like stereo 16-bit WAV at `--rate` is written (block by block, so the parent never holds
-it), then `lyracodec_encode`, `lyracodec_reconstruct` and `lyracodec_eval` (file vs its reconstruction) run on it in
+it), then `lyracodec_encode`, `lyracodec_reconstruct`, `lyracodec_eval` (file vs its reconstruction) and
+`lyracodec_eval --model` (reconstructs it into a temporary file, then scores) run on it in
 fresh processes with a tiny random model. The figure is each child's own peak RSS (VmHWM, read by a wrapper right
 before it exits) and its wall time. Everything is written to a temporary folder that is removed at the end.
 """
@@ -55,7 +56,7 @@ def main():
                         f'save_pretrained\nsave_pretrained(VAE(VAEConfig.preset("tiny")), {str(model)!r})'], check=True,
                        env={**os.environ, 'PYTHONPATH': str(Path(__file__).parent.parent)})
         print(f'tiny model, {a.rate} Hz 16-bit stereo input, {a.threads} threads; peak RSS of each process (MB) and wall time')
-        print(f'{"minutes":>8} {"encode MB":>10} {"s":>6} {"reconstruct MB":>15} {"s":>6} {"eval MB":>8} {"s":>6}')
+        print(f'{"minutes":>8} {"encode MB":>10} {"s":>6} {"reconstruct MB":>15} {"s":>6} {"eval MB":>8} {"s":>6} {"eval --model MB":>16} {"s":>6}')
         for m in a.minutes:
             src = d / f'in{m:g}'; src.mkdir(); song = src / 'song.wav'
             write_noise(song, m, a.rate)
@@ -65,7 +66,9 @@ def main():
                                                     '--precision', 'fp32'], a.threads)
             ev = run('metrics', 'eval_main', [str(song), str(d / f'rec{m:g}' / 'song.wav'), '--csv', str(d / f'm{m:g}.csv'),
                                               '-q', '--sample-rate', '44100'], a.threads)
-            print(f'{m:8g} {enc[0]:10.0f} {enc[1]:6.1f} {rec[0]:15.0f} {rec[1]:6.1f} {ev[0]:8.0f} {ev[1]:6.1f}', flush=True)
+            evm = run('metrics', 'eval_main', [str(song), '--model', str(model), '--csv', str(d / f'mm{m:g}.csv'), '-q',
+                                               '--sample-rate', '44100', '--precision', 'fp32'], a.threads)
+            print(f'{m:8g} {enc[0]:10.0f} {enc[1]:6.1f} {rec[0]:15.0f} {rec[1]:6.1f} {ev[0]:8.0f} {ev[1]:6.1f} {evm[0]:16.0f} {evm[1]:6.1f}', flush=True)
             for f in (song, d / f'rec{m:g}' / 'song.wav'): f.unlink()
 
 if __name__ == '__main__': main()

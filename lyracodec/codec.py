@@ -9,7 +9,8 @@ __all__ = ['CHUNK_FRAMES', 'PRECISIONS', 'DEVICE_CHUNK_FRAMES', 'COMPILE_CHOICES
            'iter_encode', 'encode_audio', 'iter_decode', 'decode_latents', 'encode_file', 'file_reader',
            'inductor_cache', 'wants_compile', 'noting_interrupts', 'CompiledRun', 'engine_for', 'wants_packed_compile',
            'checked_engine', 'packed_engine', 'model_fingerprint', 'latent_meta', 'save_latents', 'load_latents',
-           'check_compatible', 'run_args', 'encode_main', 'decode_main', 'reconstruct_main']
+           'check_compatible', 'add_inference_args', 'load_for_inference', 'run_args', 'encode_main', 'decode_main',
+           'reconstruct_main']
 
 # %% ../nbs/06_codec.ipynb #2c1519e3
 import contextlib
@@ -513,15 +514,11 @@ def _plan_outputs(files: list, out_dir: Path, out_suffix: str) -> tuple:
                                           'different type); move one of them or convert them in separate runs')
     return plan, problems
 
-def _cli(prog: str, description: str, extensions: Sequence[str], out_suffix: str, work: Callable, argv=None,
-         extra_args: Callable=lambda p: None) -> int:
-    "Shared driver: parse, load the model, plan every output, run `work(model, src, dst, args)` per file."
-    from tqdm.auto import tqdm
-    p = cli_parser(prog, description)
-    p.add_argument('inputs', nargs='+', help='files or folders (searched recursively)')
-    p.add_argument('--model', required=True, help='a model folder (save_pretrained), or a training run folder')
-    p.add_argument('-o', '--out-dir', required=True, help='output folder; paths below the input folders are kept')
-    p.add_argument('--overwrite', action='store_true', help='replace outputs that already exist')
+def add_inference_args(p, # an argparse parser
+                       model_required: bool=True, # whether `--model` must be given
+                       model_help: str='a model folder (save_pretrained), or a training run folder'):
+    "The options of every command that runs the model for inference: --model, chunking, precision, device, engine, compile."
+    p.add_argument('--model', required=model_required, default=None, help=model_help)
     p.add_argument('--chunk-frames', type=int, default=None, help=f'latent frames per chunk window (default {DEVICE_CHUNK_FRAMES["cpu"]} on a CPU, {CHUNK_FRAMES} elsewhere)')
     p.add_argument('--overlap-frames', type=int, default=None,
                    help="latent frames shared by consecutive windows (default: twice the model's reach, which makes "
@@ -534,28 +531,50 @@ def _cli(prog: str, description: str, extensions: Sequence[str], out_suffix: str
                    help=f'compile (torch.compile, cached on disk) the packed engine\'s Snake, or the model\'s windows: '
                         f'auto = where it measured faster: the Snake for inputs of at least {COMPILE_AUTO_SNAKE:.0e} Snake '
                         f'values (the full preset: about 53 s), the model on a CPU from {COMPILE_AUTO_FRAMES} latent frames')
+
+def load_for_inference(a, # parsed `add_inference_args` options; gains `dtype_compute` and `packed`
+                       err: Callable, # reports one error line
+                       warn: Callable, # reports one warning line
+                       directions: tuple=('encode', 'decode'), # what the command runs: their chunk plans are checked
+                       local_rank: int=0, # this process's rank on its machine (`pick_device`)
+                      ) -> Optional[VAE]: # the model on its device, weight norm folded; None once `err` has said why
+    "Check the inference options, load `--model` and prepare its engine and precision (bf16 checked on this CPU)."
+    try: chunk_plan(1, CHUNK_FRAMES if a.chunk_frames is None else a.chunk_frames, a.overlap_frames or 0)
+    except ValueError as e: err(e); return None
+    try:
+        device = pick_device(a.device, local_rank, key='--device')  # before the model: a missing GPU is not a damaged model file
+        a.dtype_compute = compute_dtype(a.precision, device)
+        engine_for(a.engine, device)
+    except (ValueError, RuntimeError) as e: err(e); return None
+    try: model = load_pretrained(a.model, map_location=str(device))
+    except EXPECTED_ERRORS as e: err(f'cannot load model: {os_error_message(e, a.model)}'); return None
+    model.fold_weight_norm()  # inference only: one plain weight per convolution instead of recomputing it per chunk
+    try:  # the default overlap comes from the model's reach
+        for d in directions: chunk_plan(1, *chunk_defaults(model, d, a.chunk_frames, a.overlap_frames))
+    except ValueError as e: err(e); return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        try: a.dtype_compute, a.packed = checked_engine(model, a.dtype_compute, a.precision, engine_for(a.engine, device))
+        except ValueError as e: err(e); return None
+    for w in caught: warn(w.message)
+    return model
+
+def _cli(prog: str, description: str, extensions: Sequence[str], out_suffix: str, work: Callable, argv=None,
+         extra_args: Callable=lambda p: None) -> int:
+    "Shared driver: parse, load the model, plan every output, run `work(model, src, dst, args)` per file."
+    from tqdm.auto import tqdm
+    p = cli_parser(prog, description)
+    p.add_argument('inputs', nargs='+', help='files or folders (searched recursively)')
+    p.add_argument('-o', '--out-dir', required=True, help='output folder; paths below the input folders are kept')
+    p.add_argument('--overwrite', action='store_true', help='replace outputs that already exist')
+    add_inference_args(p)
     p.add_argument('-q', '--quiet', action='store_true', help='no progress bar')
     extra_args(p)
     a = p.parse_args(argv)
     err = lambda msg: tqdm.write(f'{prog}: error: {" ".join(str(msg).split())}', file=sys.stderr)
-    try: chunk_plan(1, CHUNK_FRAMES if a.chunk_frames is None else a.chunk_frames, a.overlap_frames or 0)
-    except ValueError as e: err(e); return 2
-    try:
-        device = pick_device(a.device, key='--device')  # before the model: a missing GPU is not a damaged model file
-        a.dtype_compute = compute_dtype(a.precision, device)
-        engine_for(a.engine, device)
-    except (ValueError, RuntimeError) as e: err(e); return 2
-    try: model = load_pretrained(a.model, map_location=str(device))
-    except EXPECTED_ERRORS as e: err(f'cannot load model: {os_error_message(e, a.model)}'); return 2
-    model.fold_weight_norm()  # inference only: one plain weight per convolution instead of recomputing it per chunk
-    try:  # the default overlap comes from the model's reach
-        for d in ('encode', 'decode'): chunk_plan(1, *chunk_defaults(model, d, a.chunk_frames, a.overlap_frames))
-    except ValueError as e: err(e); return 2
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always')
-        try: a.dtype_compute, a.packed = checked_engine(model, a.dtype_compute, a.precision, engine_for(a.engine, device))
-        except ValueError as e: err(e); return 2
-    for w in caught: tqdm.write(f'{prog}: warning: {" ".join(str(w.message).split())}', file=sys.stderr)
+    warn = lambda msg: tqdm.write(f'{prog}: warning: {" ".join(str(msg).split())}', file=sys.stderr)
+    model = load_for_inference(a, err, warn)
+    if model is None: return 2
     out_dir = Path(a.out_dir)
     msg = _prepare_out_dir(out_dir)
     if msg: err(msg); return 2
@@ -573,7 +592,7 @@ def _cli(prog: str, description: str, extensions: Sequence[str], out_suffix: str
             with warnings.catch_warnings(record=True) as caught:  # each warning as one line, like the errors
                 warnings.simplefilter('always')
                 work(model, src, dst, a)
-            for w in caught: tqdm.write(f'{prog}: warning: {" ".join(str(w.message).split())}', file=sys.stderr)
+            for w in caught: warn(w.message)
             ok += 1
         except EXPECTED_ERRORS as e:
             if dst.parent != out_dir and dst.parent.is_dir() and not any(dst.parent.iterdir()): dst.parent.rmdir()

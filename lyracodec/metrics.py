@@ -89,12 +89,12 @@ def bitrate_kbps(latent_dim: int, # latent channels D
     return latent_dim * frame_rate * bits_per_value / 1000
 
 # %% ../nbs/07_metrics.ipynb #940c928a
-import csv, io, sys
+import csv, io, sys, tempfile, warnings
 from pathlib import Path
 
 from .core import EXPECTED_ERRORS, OutputError, atomic_write, check_output, cli_parser, os_error_message
 from .core import PathLike
-from .audio import AUDIO_EXTENSIONS, audio_info, load_audio, resampled_length
+from .audio import AUDIO_EXTENSIONS, audio_info, collect_files, load_audio, resampled_length
 
 EVAL_COLUMNS = ('file', 'seconds', 'si_sdr_db', 'mel_distance', 'mrstft_distance')
 
@@ -179,6 +179,19 @@ def _pairs(ref: Path, est: Path, exts) -> tuple:
     if missing: return [], [f'{missing[0]}: no such file or folder']
     return [], [f'{ref} and {est}: give two files or two folders']
 
+def _reference_files(ref: Path, exts) -> tuple:
+    "[(name, ref file, None)] and [error messages]: every audio file of a file or folder, for `--model`."
+    files, missing = collect_files([ref], exts)
+    return [(rel.as_posix(), f, None) for f, rel in files], [f'{m}: no such file or folder' for m in missing]
+
+def _evaluate_reconstruction(model, ref: Path, a, sample_rate: int) -> dict:
+    "Metrics of `ref` against its reconstruction, made exactly as `lyracodec_reconstruct` makes it, in a temporary WAV."
+    from lyracodec.codec import _reconstruct_one
+    with tempfile.TemporaryDirectory(prefix='lyracodec_eval_') as d:  # a file, not memory: flat in the file's length
+        est = Path(d) / f'{ref.stem}.wav'
+        _reconstruct_one(model, ref, est, a)
+        return evaluate_files(ref, est, sample_rate)
+
 def format_table(rows: list) -> str:
     "Rows of `EVAL_COLUMNS` dicts as an aligned text table."
     fmt = lambda v: f'{v:.3f}' if isinstance(v, float) else str(v)
@@ -190,32 +203,52 @@ def format_table(rows: list) -> str:
 def eval_main(argv: list[str] | None=None) -> int:
     "Console script `lyracodec_eval`: reference vs reconstructed files or folders → a metrics table, printed and written as CSV."
     from tqdm.auto import tqdm
+    from lyracodec.codec import add_inference_args, load_for_inference  # here: codec imports runtime, which imports this module
     p = cli_parser('lyracodec_eval', 'Compare reference audio with its reconstruction (two files, or two folders '
-                   'matched by relative path): SI-SDR, mel and multi-resolution STFT distances, printed as a table '
+                   'matched by relative path; or, with --model, the references and their reconstructions by that '
+                   'model): SI-SDR, mel and multi-resolution STFT distances, printed as a table '
                    'and written as CSV.')
     p.add_argument('reference', help='reference file or folder')
-    p.add_argument('estimate', help='reconstructed file or folder')
+    p.add_argument('estimate', nargs='?', help='reconstructed file or folder (or give --model instead)')
     p.add_argument('--csv', default='metrics.csv', help='where to write the table')
     p.add_argument('--sample-rate', type=int, default=44100, help='rate both sides are read at')
     p.add_argument('--overwrite', action='store_true', help='replace the CSV file if it exists')
     p.add_argument('-q', '--quiet', action='store_true', help='no progress bar')
+    add_inference_args(p, model_required=False, model_help='reconstruct each reference with this model (a model '
+                       'folder or a training run folder) instead of reading ESTIMATE, exactly as lyracodec_reconstruct '
+                       'does; the options below apply to it')
     a = p.parse_args(argv)
     err = lambda msg: tqdm.write(f'lyracodec_eval: error: {msg}', file=sys.stderr)
+    warn = lambda msg: tqdm.write(f'lyracodec_eval: warning: {" ".join(str(msg).split())}', file=sys.stderr)
     out = Path(a.csv)
+    if (a.estimate is None) == (a.model is None):
+        err('give ESTIMATE (a reconstructed file or folder) or --model (a model to reconstruct with), not both'
+            if a.model else 'give ESTIMATE (a reconstructed file or folder) or --model (a model to reconstruct with)')
+        return 2
     if a.sample_rate < 1: err(f'--sample-rate must be a positive number of Hz, got {a.sample_rate}'); return 2
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
         err(f'{out.parent}: output folder is not writable'); return 2
-    pairs, errors = _pairs(Path(a.reference), Path(a.estimate), AUDIO_EXTENSIONS)
-    try: check_output(out, a.overwrite, [f for _, r, e in pairs for f in (r, e)] + [Path(a.reference), Path(a.estimate)])
+    if a.model is None: pairs, errors = _pairs(Path(a.reference), Path(a.estimate), AUDIO_EXTENSIONS)
+    else: pairs, errors = _reference_files(Path(a.reference), AUDIO_EXTENSIONS)
+    sides = [Path(x) for x in (a.reference, a.estimate) if x is not None]
+    try: check_output(out, a.overwrite, [f for _, r, e in pairs for f in (r, e) if f is not None] + sides)
     except OutputError as e: err(e); return 2
+    model = None
+    if a.model is not None and pairs:
+        model = load_for_inference(a, err, warn)
+        if model is None: return 2
     for e in errors: err(e)
     rows = []
     for name, r, e in tqdm(pairs, desc='lyracodec_eval', unit='file', disable=a.quiet, file=sys.stderr):
         try:
-            rows.append(dict(file=name, **evaluate_files(r, e, a.sample_rate)))
+            with warnings.catch_warnings(record=True) as caught:  # each warning as one line, like the errors
+                warnings.simplefilter('always')
+                m = evaluate_files(r, e, a.sample_rate) if model is None else _evaluate_reconstruction(model, r, a, a.sample_rate)
+            for w in caught: warn(w.message)
+            rows.append(dict(file=name, **m))
         except EXPECTED_ERRORS as ex:
             msg = os_error_message(ex)
-            err(msg if (str(r) in msg or str(e) in msg) else f'{r}: {msg}')
+            err(msg if (str(r) in msg or (e is not None and str(e) in msg)) else f'{r}: {msg}')
             errors.append(msg)
     if rows:
         mean = {c: sum(row[c] for row in rows) / len(rows) for c in EVAL_COLUMNS[1:]}

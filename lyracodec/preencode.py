@@ -34,7 +34,7 @@ from .core import (EXPECTED_ERRORS, FolderLock, OutputError, PathLike, atomic_wr
 from .audio import AUDIO_EXTENSIONS, audio_info, collect_files, resampled_length
 from .codec import (CHUNK_FRAMES, COMPILE_CHOICES, COMPILE_AUTO_FRAMES, LATENT_DTYPES, PRECISIONS, CompiledRun,
                              iter_chunks, autocast_to, checked_dtype, chunk_defaults, chunk_plan, compute_dtype,
-                             file_reader, model_fingerprint, wants_compile, ENGINES, ENGINE_HELP, checked_engine, engine_for,
+                             file_reader, model_fingerprint, wants_compile, ENGINES, ENGINE_HELP, checked_engine, engine_for, load_for_inference,
                              packed_engine, wants_packed_compile)
 from .engine import PackedCodec
 from .vae import VAE, load_pretrained
@@ -328,23 +328,10 @@ def _run_held(a, world: int, rank: int, local_rank: int, held: contextlib.ExitSt
     if a.batch < 0 or a.workers < 0: return fail('--batch and --workers must be >= 0')
     if not (math.isfinite(a.shard_size) and 0 < a.shard_size <= MAX_SHARD_MB):
         return fail(f'--shard-size must be a number of MB in (0, {MAX_SHARD_MB:,}], got {a.shard_size}')
-    try:
-        chunk_plan(1, a.chunk_frames, a.overlap_frames or 0)
-        device = pick_device(a.device, local_rank, key='--device')
-        cdtype = compute_dtype(a.precision, device)
-        engine_for(a.engine, device)
-    except (ValueError, RuntimeError) as e: return fail(e)  # a ConfigError names its option (--device)
-    try: model = load_pretrained(a.model, map_location=str(device))
-    except EXPECTED_ERRORS as e: return fail(f'cannot load model: {os_error_message(e, a.model)}')
-    model.fold_weight_norm()  # inference only: one plain weight per convolution instead of recomputing it per chunk
+    model = load_for_inference(a, fail, lambda m: say(f'{PROG}: warning: {" ".join(str(m).split())}'), ('encode',), local_rank)
+    if model is None: return 2
+    device, cdtype = next(model.parameters()).device, a.dtype_compute  # the packed engine is built once, on `a.packed`
     a.chunk_frames, a.overlap_frames = chunk_defaults(model, 'encode', a.chunk_frames, a.overlap_frames)
-    try: chunk_plan(1, a.chunk_frames, a.overlap_frames)
-    except ValueError as e: return fail(e)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always')
-        try: cdtype, a.packed = checked_engine(model, cdtype, a.precision, engine_for(a.engine, device))  # built once
-        except ValueError as e: return fail(e)
-    for w in caught: say(f'{PROG}: warning: {" ".join(str(w.message).split())}')
     if device.type == 'cuda': torch.cuda.set_device(device)
     a.batch = a.batch or (8 if device.type == 'cuda' else 1)
     plan = None

@@ -56,6 +56,28 @@ def test_round_trip_through_console_scripts(work, tmp_path):
     assert all(math.isfinite(float(row['si_sdr_db'])) for row in rows)
     assert 'si_sdr_db' in r.stdout and 'mean' in r.stdout
 
+def test_eval_with_model_scores_what_reconstruct_writes(work, tmp_path, capsys, monkeypatch):
+    "`lyracodec_eval REF --model M` gives the table of `lyracodec_reconstruct` then `lyracodec_eval REF REC`, and leaves no temp file."
+    m, scratch = work / 'model', tmp_path / 'scratch'
+    scratch.mkdir(); monkeypatch.setenv('TMPDIR', str(scratch)); monkeypatch.setattr('tempfile.tempdir', None)
+    assert reconstruct_main([str(work / 'in'), '--model', str(m), '-o', str(tmp_path / 'rec'), '-q']) == 0
+    assert eval_main([str(work / 'in'), str(tmp_path / 'rec'), '--csv', str(tmp_path / 'files.csv'), '-q']) == 0
+    assert eval_main([str(work / 'in'), '--model', str(m), '--csv', str(tmp_path / 'model.csv'), '-q']) == 0
+    by_files, by_model = (list(csv.DictReader(open(tmp_path / f))) for f in ('files.csv', 'model.csv'))
+    assert [r['file'] for r in by_model] == ['a.wav', 'sub/b.flac', 'mean']
+    for a, b in zip(by_files, by_model):
+        assert a['file'] == b['file'] and all(math.isclose(float(a[k]), float(b[k]), rel_tol=1e-9, abs_tol=1e-9)
+                                              for k in a if k != 'file'), (a, b)
+    assert list(scratch.iterdir()) == []                              # the reconstructions were temporary
+    capsys.readouterr()
+    for argv, says in ((['--csv', str(tmp_path / 'x.csv')], 'give ESTIMATE'),
+                       ([str(tmp_path / 'rec'), '--model', str(m), '--csv', str(tmp_path / 'x.csv')], 'not both'),
+                       (['--model', str(work / 'nothing'), '--csv', str(tmp_path / 'x.csv')], 'cannot load model'),
+                       (['--model', str(m), '--csv', str(tmp_path / 'model.csv')], 'already exists')):
+        assert eval_main([str(work / 'in'), *argv, '-q']) == 2
+        _one_error_line(capsys.readouterr().err, says)
+    assert not (tmp_path / 'x.csv').exists()
+
 def _one_error_line(err: str, name: str) -> None:
     lines = [l for l in err.splitlines() if 'error:' in l]
     assert len(lines) == 1 and name in lines[0], err
