@@ -182,3 +182,12 @@ def test_packed_engine_needs_a_cpu(work, tmp_path, capsys):
     assert not (tmp_path / 'o').exists()
     from lyracodec.codec import engine_for
     with pytest.raises(ValueError, match='--engine packed runs on the CPU'): engine_for('packed', 'cuda')
+
+def test_loaded_model_lives_where_its_weights_were_read(work, monkeypatch):
+    "`load_pretrained(map_location=D)` gives a model on D (it used to copy a GPU read back into CPU weights): checked with 'meta'."
+    import safetensors.torch
+    from lyracodec.vae import load_pretrained
+    read = safetensors.torch.load_file
+    monkeypatch.setattr(safetensors.torch, 'load_file', lambda path, device='cpu': {k: v.to('meta') for k, v in read(path).items()})
+    m = load_pretrained(work / 'model', map_location='meta')
+    assert {p.device.type for p in m.parameters()} == {'meta'}
