@@ -16,7 +16,6 @@ import os
 import secrets
 import sys
 import time
-import warnings
 from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
@@ -33,12 +32,12 @@ from .core import (EXPECTED_ERRORS, FolderLock, OutputError, PathLike, atomic_wr
                             os_error_message, remove_stale_temps, run_main, shown_path)
 from .audio import AUDIO_EXTENSIONS, audio_info, collect_files, resampled_length
 from .codec import (CHUNK_FRAMES, COMPILE_CHOICES, COMPILE_AUTO_FRAMES, LATENT_DTYPES, PRECISIONS, CompiledRun,
-                             iter_chunks, autocast_to, checked_dtype, chunk_defaults, chunk_plan, compute_dtype,
-                             file_reader, model_fingerprint, wants_compile, ENGINES, ENGINE_HELP, checked_engine, engine_for, load_for_inference,
+                             iter_chunks, autocast_to, chunk_defaults, chunk_plan, compute_dtype,
+                             file_reader, model_fingerprint, wants_compile, ENGINES, ENGINE_HELP, engine_for, load_for_inference,
                              packed_engine, wants_packed_compile)
 from .engine import PackedCodec
-from .vae import VAE, load_pretrained
-from .runtime import dist_env, pick_device
+from .vae import VAE
+from .runtime import dist_env
 from .shards import (PROG, PREENCODE_FORMAT, SHARD_DIR, INDEX_NAME, META_NAME, STATS_NAME, SKIPPED_NAME,
                               ShardError, ShardWriter, file_sha256, merge_moments, read_shard_items, set_aside,
                               verify_dataset)
