@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['CHUNK_FRAMES', 'PRECISIONS', 'DEVICE_CHUNK_FRAMES', 'COMPILE_CHOICES', 'COMPILE_AUTO_FRAMES', 'ENGINES',
-           'ENGINE_HELP', 'COMPILE_AUTO_SNAKE', 'LATENT_DTYPES', 'LYRA_FORMAT', 'receptive_frames', 'chunk_plan',
+           'ENGINE_HELP', 'COMPILE_HELP', 'LATENT_DTYPES', 'LYRA_FORMAT', 'receptive_frames', 'chunk_plan',
            'chunk_cuts', 'iter_chunks', 'compute_dtype', 'autocast_to', 'bf16_fault', 'checked_dtype', 'chunk_defaults',
            'iter_encode', 'encode_audio', 'iter_decode', 'decode_latents', 'encode_file', 'file_reader',
            'inductor_cache', 'wants_compile', 'noting_interrupts', 'CompiledRun', 'engine_for', 'wants_packed_compile',
@@ -372,7 +372,9 @@ class CompiledRun:
 # %% ../nbs/06_codec.ipynb #3b7639f7
 ENGINES = ('auto', 'packed', 'model')
 ENGINE_HELP = 'auto = the packed engine (matmuls on channels-last activations) on a CPU, the model elsewhere'
-COMPILE_AUTO_SNAKE = 4e9  # Snake values: compiling saves 0.7–0.8 ns each and costs about 3.7 s warm (06a_engine)
+COMPILE_HELP = (f"the packed engine's Snake as a native C kernel (built once per machine), or the model's windows compiled "
+                f'by torch.compile (cached on disk): auto = where it measured faster: the Snake always, the model on a CPU '
+                f'from {COMPILE_AUTO_FRAMES} latent frames')
 
 def engine_for(choice: str, # 'auto', 'packed' or 'model' (`--engine`)
                device: torch.device, # where the model runs
@@ -384,13 +386,10 @@ def engine_for(choice: str, # 'auto', 'packed' or 'model' (`--engine`)
     return 'model' if choice == 'model' or not cpu else 'packed'
 
 def wants_packed_compile(choice: str, # 'auto', 'on' or 'off' (`--compile`)
-                         engine: PackedCodec, # the engine that will run
-                         direction: str, # 'encode' or 'decode'
-                         n_frames: int, # latent frames of the input (or of all the inputs of a run)
                         ) -> bool:
-    "Whether to compile the engine's Snake: `on` for any input, `auto` where the Snake work saved pays for the compile."
+    "Whether the engine's Snake runs as the native kernel: `auto` and `on` (it costs about 0.2 s once per machine, then ms)."
     if choice not in COMPILE_CHOICES: raise ValueError(f'compile must be one of {COMPILE_CHOICES}, got {choice!r}')
-    return choice == 'on' or (choice == 'auto' and engine.snake_elements(direction) * n_frames >= COMPILE_AUTO_SNAKE)
+    return choice != 'off'
 
 def checked_engine(model: VAE, # the model, on its device
                    dtype: Optional[torch.dtype], # `compute_dtype`'s choice
@@ -405,18 +404,17 @@ def checked_engine(model: VAE, # the model, on its device
 
 def packed_engine(model: VAE, # the model, on the CPU
                   dtype: Optional[torch.dtype], # `compute_dtype`'s choice (None: float32)
-                  compile: bool, # compile the engine's Snake (`PackedCodec.compile_kernels`)
+                  compile: bool, # run the engine's Snake as the native kernel (`PackedCodec.compile_kernels`)
                   engine: Optional[PackedCodec]=None, # an engine built before, to reuse (and compile if need be)
                  ) -> PackedCodec:
-    "The packed engine of `model`, its Snake compiled when `compile`: a failed compile warns and leaves it eager."
+    "The packed engine of `model`, its Snake native when `compile`: a failed build warns and leaves it eager."
     engine = engine if engine is not None else PackedCodec(model, dtype)
     if compile and not engine.compiled:
-        inductor_cache()
         with noting_interrupts() as interrupted:
             try: engine.compile_kernels()
-            except Exception as e:  # no C++ compiler, say: the eager Snake gives the same output, slower
+            except Exception as e:  # no C compiler, say: the eager Snake gives the same output, slower
                 if interrupted(): raise KeyboardInterrupt from None
-                warnings.warn(f'compiling the engine\'s Snake failed ({type(e).__name__}: '
+                warnings.warn(f'building the engine\'s native Snake failed ({type(e).__name__}: '
                               f'{str(e).splitlines()[0][:200] if str(e) else ""}); running it eagerly', UserWarning)
         if interrupted(): raise KeyboardInterrupt
     return engine
@@ -527,10 +525,7 @@ def add_inference_args(p, # an argparse parser
                    help='compute precision: auto = bf16 where the hardware runs it fast, fp32 otherwise')
     p.add_argument('--device', default='auto', help="'auto' (CUDA if present), 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument('--engine', default='auto', choices=ENGINES, help=ENGINE_HELP)
-    p.add_argument('--compile', default='auto', choices=COMPILE_CHOICES,
-                   help=f'compile (torch.compile, cached on disk) the packed engine\'s Snake, or the model\'s windows: '
-                        f'auto = where it measured faster: the Snake for inputs of at least {COMPILE_AUTO_SNAKE:.0e} Snake '
-                        f'values (the full preset: about 53 s), the model on a CPU from {COMPILE_AUTO_FRAMES} latent frames')
+    p.add_argument('--compile', default='auto', choices=COMPILE_CHOICES, help=COMPILE_HELP)
 
 def load_for_inference(a, # parsed `add_inference_args` options; gains `dtype_compute` and `packed`
                        err: Callable, # reports one error line
@@ -613,7 +608,7 @@ def run_args(model: VAE, # the model, on its device
     device = next(model.parameters()).device
     if engine_for(getattr(a, 'engine', 'auto'), device) == 'packed':
         eng = getattr(a, 'packed', None) or PackedCodec(model, a.dtype_compute)
-        a.packed = packed_engine(model, a.dtype_compute, wants_packed_compile(a.compile, eng, what, n_frames), eng)
+        a.packed = packed_engine(model, a.dtype_compute, wants_packed_compile(a.compile), eng)
         return dict(chunk_frames=cf, overlap_frames=of, run=getattr(a.packed, what))  # its precision is its own
     compiled = wants_compile(a.compile, device, n_frames, cf)
     if not compiled: return dict(chunk_frames=cf, overlap_frames=of, dtype=a.dtype_compute)

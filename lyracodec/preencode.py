@@ -33,7 +33,7 @@ from .core import (EXPECTED_ERRORS, FolderLock, OutputError, PathLike, atomic_wr
 from .audio import AUDIO_EXTENSIONS, audio_info, collect_files, resampled_length
 from .codec import (CHUNK_FRAMES, COMPILE_CHOICES, COMPILE_AUTO_FRAMES, LATENT_DTYPES, PRECISIONS, CompiledRun,
                              iter_chunks, autocast_to, chunk_defaults, chunk_plan, compute_dtype,
-                             file_reader, model_fingerprint, wants_compile, ENGINES, ENGINE_HELP, engine_for, load_for_inference,
+                             file_reader, model_fingerprint, wants_compile, ENGINES, ENGINE_HELP, COMPILE_HELP, engine_for, load_for_inference,
                              packed_engine, wants_packed_compile)
 from .engine import PackedCodec
 from .vae import VAE
@@ -294,7 +294,7 @@ def _encode_share(model: VAE, share: list, a, run_id: str, rank: int, device, cd
     frames = _share_frames(model, share)
     if engine_for(a.engine, device) == 'packed':  # any window length
         eng = getattr(a, 'packed', None) or PackedCodec(model, cdtype)
-        post = packed_engine(model, cdtype, wants_packed_compile(a.compile, eng, 'encode', frames), eng).posterior
+        post = packed_engine(model, cdtype, wants_packed_compile(a.compile), eng).posterior
     elif wants_compile(a.compile, device, frames, a.chunk_frames):  # one compiled window shape; batches of it
         post, fixed = CompiledRun(model, 'posterior', a.chunk_frames, cdtype), True
     ds = ChunkWindows(share, model.sample_rate, model.hop_length, a.chunk_frames, a.overlap_frames, fixed)
@@ -391,10 +391,7 @@ def main(argv: list[str] | None=None) -> int:
                    'report) those whose bytes changed though their size and modification time did not')
     p.add_argument('--dtype', default='float16', choices=sorted(LATENT_DTYPES), help='stored latent precision')
     p.add_argument('--engine', default='auto', choices=ENGINES, help=ENGINE_HELP)
-    p.add_argument('--compile', default='auto', choices=COMPILE_CHOICES,
-                   help=f'compile (torch.compile, cached on disk) the packed engine\'s Snake, or the model\'s windows: '
-                        f'auto = where it measured faster: the Snake when the files hold enough Snake work (the full '
-                        f'preset: about 53 s), the model on a CPU from {COMPILE_AUTO_FRAMES} latent frames')
+    p.add_argument('--compile', default='auto', choices=COMPILE_CHOICES, help=COMPILE_HELP)
     p.add_argument('--precision', default='auto', choices=PRECISIONS,
                    help='compute precision: auto = bf16 where the hardware runs it fast, fp32 otherwise')
     p.add_argument('--batch', type=int, default=0,
