@@ -160,7 +160,10 @@ def native_snake() -> 'NativeSnake':
     path = build_native_snake()
     if path not in _LOADED:
         try: fn = ctypes.CDLL(str(path)).lyra_snake
-        except (OSError, AttributeError) as e: raise RuntimeError(f'{path}: cannot load the Snake kernel ({e})') from None
+        except (OSError, AttributeError):  # a damaged cache file (a full disk, a copied cache): built again, once
+            path.unlink(missing_ok=True)
+            try: fn = ctypes.CDLL(str(build_native_snake())).lyra_snake
+            except (OSError, AttributeError) as e: raise RuntimeError(f'{path}: cannot load the Snake kernel ({e})') from None
         fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_int]
         fn.restype = ctypes.c_int
         _LOADED[path] = fn

@@ -48,3 +48,13 @@ def test_processes_share_one_build_and_later_ones_only_load_it(tmp_path):
     p = _run(env); out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
     assert len((tmp_path / 'calls').read_text().splitlines()) == n  # loaded from the cache: the compiler not run again
+
+def test_a_damaged_cached_library_is_built_again(tmp_path):
+    env = {'LYRACODEC_CACHE': str(tmp_path / 'cache')}
+    p = _run(env); out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    (lib,) = (tmp_path / 'cache' / 'native').iterdir()
+    lib.write_bytes(b'not a library')  # what a damaged disk or a bad copy leaves
+    p = _run(env); out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert lib.read_bytes()[:4] == b'\x7fELF'  # rebuilt in place
