@@ -190,3 +190,16 @@ def test_loaded_model_lives_where_its_weights_were_read(work, monkeypatch):
     monkeypatch.setattr(safetensors.torch, 'load_file', lambda path, device='cpu': {k: v.to('meta') for k, v in read(path).items()})
     m = load_pretrained(work / 'model', map_location='meta')
     assert {p.device.type for p in m.parameters()} == {'meta'}
+
+def test_packed_commands_release_the_model_weights(work):
+    "With the packed engine the model's own weights are freed (the engine has its copy); with `--engine model` they stay."
+    import argparse
+    from lyracodec.codec import add_inference_args, load_for_inference
+    p, said = argparse.ArgumentParser(), []
+    add_inference_args(p)
+    for engine, released in (('packed', True), ('model', False)):
+        a = p.parse_args(['--model', str(work / 'model'), '--engine', engine, '--precision', 'fp32'])
+        m = load_for_inference(a, said.append, said.append)
+        assert (sum(q.numel() for q in m.parameters()) == 0) == released, engine
+        assert (a.packed is not None) == released and m.hop_length == 2048
+    assert said == []
