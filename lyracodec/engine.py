@@ -3,16 +3,16 @@
 # %% auto #0
 __all__ = ['SIN_TAYLOR', 'SNAKE_ROWS', 'TAP_BLOCK_ROWS', 'snake_rows', 'snake_rows_eager', 'native_snake_path',
            'build_native_snake', 'native_snake', 'NativeSnake', 'PackedSnake', 'PackedConv', 'PackedConvT', 'Arena',
-           'bf16_matmul_error', 'PackedCodec']
+           'bf16_checks_path', 'bf16_matmul_error', 'store_bf16_checks', 'PackedCodec']
 
 # %% ../nbs/06a_engine.ipynb #722d2197
-import ctypes, hashlib, math, os, platform, subprocess, time
+import ctypes, hashlib, json, math, os, platform, subprocess, time
 from pathlib import Path
 from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
-from .core import cache_dir, new_temp_path
+from .core import atomic_write, cache_dir, new_temp_path
 from .snake import Snake, EPS
 from .residual import ResidualUnit
 from .vae import VAE, posterior_stats
@@ -288,14 +288,38 @@ class Arena:
 # %% ../nbs/06a_engine.ipynb #b6c6f895
 _MM_CHECKED: dict = {}  # (K, N) -> relative error of bf16 on this machine, measured once per process
 
+def bf16_checks_path() -> Path:
+    "Where measured bf16 matmul errors are kept: per torch build, CPU, thread count and oneDNN settings, in the LyraCodec cache."
+    env = sorted(f'{k}={v}' for k, v in os.environ.items() if k.startswith(('ONEDNN_', 'DNNL_')))
+    key = '\0'.join([torch.__version__, torch.__config__.show(), _cpu_identity(), str(torch.get_num_threads()), *env])
+    return cache_dir() / 'checks' / f'bf16-matmul-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json'
+
+def _stored_checks(path: Path) -> dict:
+    try: return {tuple(map(int, k.split('x'))): float(v) for k, v in json.loads(path.read_text()).items()}
+    except (OSError, ValueError, AttributeError): return {}  # none yet, or unreadable: measured again
+
 def bf16_matmul_error(k: int, n: int) -> float:
-    "Relative RMS error of a bf16 `[64, k] @ [k, n]` matmul against float32 on the same bf16-rounded operands."
+    "Relative RMS error of a bf16 `[64, k] @ [k, n]` matmul against float32 on the same bf16-rounded operands (cached on disk)."
     if (k, n) not in _MM_CHECKED:
-        g = torch.Generator().manual_seed(0)
-        a, b = torch.randn(64, k, generator=g).bfloat16(), (torch.randn(k, n, generator=g) / math.sqrt(k)).bfloat16()
-        ref = a.float() @ b.float()
-        _MM_CHECKED[(k, n)] = ((a @ b).float() - ref).norm().item() / max(ref.norm().item(), 1e-30)
+        path = bf16_checks_path()
+        _MM_CHECKED.update(_stored_checks(path))
+        if (k, n) not in _MM_CHECKED:
+            g = torch.Generator().manual_seed(0)
+            a, b = torch.randn(64, k, generator=g).bfloat16(), (torch.randn(k, n, generator=g) / math.sqrt(k)).bfloat16()
+            ref = a.float() @ b.float()
+            _MM_CHECKED[(k, n)] = ((a @ b).float() - ref).norm().item() / max(ref.norm().item(), 1e-30)
     return _MM_CHECKED[(k, n)]
+
+def store_bf16_checks() -> None:
+    "Keep this process's measured bf16 matmul errors on disk (`bf16_checks_path`), so later commands skip the matmuls."
+    path = bf16_checks_path()
+    stored = _stored_checks(path)
+    if not set(_MM_CHECKED) - set(stored): return
+    stored.update(_MM_CHECKED)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps({f'{a}x{b}': e for (a, b), e in sorted(stored.items())})))
+    except OSError: pass  # a read-only cache: measured again next time
 
 def _pack(layers, dtype: torch.dtype) -> list:
     "A module list flattened into (kind, packed op) steps; residual units stay one step."
@@ -352,8 +376,9 @@ class PackedCodec:
 
     def bf16_fault(self, tolerance: float=0.02) -> Optional[str]:
         "The first of this engine's matmul shapes that bf16 computes wrongly on this CPU (`bf16_matmul_error`), or None."
-        for k, n in self.matmul_shapes():
-            e = bf16_matmul_error(k, n)
+        errors = [(k, n, bf16_matmul_error(k, n)) for k, n in self.matmul_shapes()]
+        store_bf16_checks()
+        for k, n, e in errors:
             if e > tolerance:
                 return (f'bf16 matmuls are wrong on this CPU with torch {torch.__version__}: [64, {k}] @ [{k}, {n}] is off '
                         f'by {e:.0%} against fp32')
