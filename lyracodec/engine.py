@@ -202,7 +202,7 @@ TAP_BLOCK_ROWS = {torch.float32: 1024}  # measured: fp32 taps on 128 channels ru
 class PackedConv:
     "A `Conv1d` as matmuls on channels-last rows, its weight laid out once for the mode that suits its shape."
     def __init__(self, conv: nn.Conv1d, dtype: torch.dtype):
-        w = conv.weight.detach().float()  # [Cout, Cin, k]
+        w = conv.weight.detach().to(dtype)  # [Cout, Cin, k], in the engine's dtype before the (slower) transposing copy
         (self.k,), (self.s,), (self.d,), (self.p,) = conv.kernel_size, conv.stride, conv.dilation, conv.padding
         self.cin, self.cout = conv.in_channels, conv.out_channels
         if conv.groups != 1 or conv.padding_mode != 'zeros': raise ValueError(f'cannot pack {conv}: groups or padding mode')
@@ -214,7 +214,7 @@ class PackedConv:
         elif self.cin * self.k <= 64 and self.d == 1: self.mode, self.w = 'im2col', w.permute(2, 1, 0).reshape(-1, self.cout)  # [k·Cin, Cout]
         elif 4 * self.cout <= self.cin: self.mode, self.w = 'outshift', w.permute(1, 2, 0).reshape(self.cin, -1)  # [Cin, k·Cout]
         else: self.mode, self.w = 'taps', w.permute(2, 1, 0)  # [k, Cin, Cout]
-        self.w = self.w.contiguous().to(dtype)
+        self.w = self.w.contiguous()
 
     def out_len(self, T: int) -> int: return (T + 2 * self.p - self.d * (self.k - 1) - 1) // self.s + 1
 
@@ -254,13 +254,13 @@ class PackedConv:
 class PackedConvT:
     "A `ConvTranspose1d` of kernel 2·stride as two matmuls whose outputs overlap by one row of `s` samples."
     def __init__(self, conv: nn.ConvTranspose1d, dtype: torch.dtype):
-        w = conv.weight.detach().float()  # [Cin, Cout, k]
+        w = conv.weight.detach().to(dtype)  # [Cin, Cout, k], in the engine's dtype before the transposing copy
         (self.k,), (self.s,), (self.p,), (self.op,) = conv.kernel_size, conv.stride, conv.padding, conv.output_padding
         self.cin, self.cout = conv.in_channels, conv.out_channels
         if self.k != 2 * self.s or conv.dilation[0] != 1 or conv.groups != 1:
             raise ValueError(f'cannot pack {conv}: a transposed conv must have kernel 2·stride')
         s = self.s
-        self.w = w.permute(0, 2, 1).reshape(self.cin, 2, s * self.cout).transpose(0, 1).contiguous().to(dtype)  # [2, Cin, s·Cout]
+        self.w = w.permute(0, 2, 1).reshape(self.cin, 2, s * self.cout).transpose(0, 1).contiguous()  # [2, Cin, s·Cout]
         self.bias = _float_bias(conv)
 
     def __call__(self, x: Tensor, arena: 'Arena') -> tuple:  # [T, Cin] -> ([To, Cout] without bias, bias)
