@@ -3,10 +3,10 @@
 # %% auto #0
 __all__ = ['SIN_TAYLOR', 'SNAKE_ROWS', 'TAP_BLOCK_ROWS', 'snake_rows', 'snake_rows_eager', 'native_snake_path',
            'build_native_snake', 'native_snake', 'NativeSnake', 'PackedSnake', 'PackedConv', 'PackedConvT', 'Arena',
-           'bf16_checks_path', 'bf16_matmul_error', 'store_bf16_checks', 'PackedCodec']
+           'bf16_checks_path', 'bf16_matmul_error', 'PackedCodec']
 
 # %% ../nbs/06a_engine.ipynb #722d2197
-import ctypes, hashlib, json, math, os, platform, subprocess, time
+import ctypes, functools, hashlib, json, math, os, platform, subprocess, time
 from pathlib import Path
 from typing import Optional
 import torch
@@ -120,6 +120,7 @@ def _cc_command() -> list:
     if platform.machine().lower() in ('x86_64', 'amd64'): flags.append('-mprefer-vector-width=512')  # measured faster here
     return [os.environ.get('CC', 'cc'), *flags]
 
+@functools.lru_cache(maxsize=None)
 def _cpu_identity() -> str:
     "What a `-march=native` build is only valid for: the machine type and, where Linux says, the CPU's model and flags."
     parts = [platform.system(), platform.machine()]
@@ -299,27 +300,22 @@ def _stored_checks(path: Path) -> dict:
     except (OSError, ValueError, AttributeError): return {}  # none yet, or unreadable: measured again
 
 def bf16_matmul_error(k: int, n: int) -> float:
-    "Relative RMS error of a bf16 `[64, k] @ [k, n]` matmul against float32 on the same bf16-rounded operands (cached on disk)."
+    "Relative RMS error of a bf16 `[64, k] @ [k, n]` matmul against float32 on the same bf16-rounded operands."
     if (k, n) not in _MM_CHECKED:
-        path = bf16_checks_path()
-        _MM_CHECKED.update(_stored_checks(path))
-        if (k, n) not in _MM_CHECKED:
-            g = torch.Generator().manual_seed(0)
-            a, b = torch.randn(64, k, generator=g).bfloat16(), (torch.randn(k, n, generator=g) / math.sqrt(k)).bfloat16()
-            ref = a.float() @ b.float()
-            _MM_CHECKED[(k, n)] = ((a @ b).float() - ref).norm().item() / max(ref.norm().item(), 1e-30)
+        g = torch.Generator().manual_seed(0)
+        a, b = torch.randn(64, k, generator=g).bfloat16(), (torch.randn(k, n, generator=g) / math.sqrt(k)).bfloat16()
+        ref = a.float() @ b.float()
+        _MM_CHECKED[(k, n)] = ((a @ b).float() - ref).norm().item() / max(ref.norm().item(), 1e-30)
     return _MM_CHECKED[(k, n)]
 
-def store_bf16_checks() -> None:
-    "Keep this process's measured bf16 matmul errors on disk (`bf16_checks_path`), so later commands skip the matmuls."
-    path = bf16_checks_path()
-    stored = _stored_checks(path)
+def _store_checks(path: Path, stored: dict) -> None:
+    "Write `_MM_CHECKED` (with what `path` held) to `path`, unless it adds nothing; a read-only cache is no error."
     if not set(_MM_CHECKED) - set(stored): return
-    stored.update(_MM_CHECKED)
+    both = {**stored, **_MM_CHECKED}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps({f'{a}x{b}': e for (a, b), e in sorted(stored.items())})))
-    except OSError: pass  # a read-only cache: measured again next time
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps({f'{a}x{b}': e for (a, b), e in sorted(both.items())})))
+    except OSError: pass  # measured again next time
 
 def _pack(layers, dtype: torch.dtype) -> list:
     "A module list flattened into (kind, packed op) steps; residual units stay one step."
@@ -353,21 +349,6 @@ class PackedCodec:
     @property
     def compiled(self) -> bool: return self.kernel is not snake_rows_eager
 
-    def widths(self) -> list:
-        "The channel counts Snake runs at."
-        return sorted({op.channels for steps in (self.enc, self.dec) for kind, op in steps if kind == 'snake'} |
-                      {op[0].channels for steps in (self.enc, self.dec) for kind, op in steps if kind == 'res'})
-
-    def snake_elements(self, direction: str) -> int:
-        "Values Snake computes per latent frame in `direction` ('encode' or 'decode')."
-        rows, n = (self.hop_length, 0) if direction == 'encode' else (1, 0)  # rows per latent frame at each step
-        for kind, op in (self.enc if direction == 'encode' else self.dec):
-            if kind == 'snake': n += op.channels * rows
-            elif kind == 'res': n += 2 * op[0].channels * rows
-            elif kind == 'convT': rows *= op.s
-            elif op.s > 1: rows //= op.s
-        return n
-
     def matmul_shapes(self) -> list:
         "The `(K, N)` weight shapes of every matmul the engine runs."
         ops = [op for steps in (self.enc, self.dec) for kind, op in steps if kind in ('conv', 'convT')]
@@ -376,8 +357,11 @@ class PackedCodec:
 
     def bf16_fault(self, tolerance: float=0.02) -> Optional[str]:
         "The first of this engine's matmul shapes that bf16 computes wrongly on this CPU (`bf16_matmul_error`), or None."
+        path = bf16_checks_path()
+        stored = _stored_checks(path)  # what an earlier command on this machine measured
+        for key, e in stored.items(): _MM_CHECKED.setdefault(key, e)
         errors = [(k, n, bf16_matmul_error(k, n)) for k, n in self.matmul_shapes()]
-        store_bf16_checks()
+        _store_checks(path, stored)
         for k, n, e in errors:
             if e > tolerance:
                 return (f'bf16 matmuls are wrong on this CPU with torch {torch.__version__}: [64, {k}] @ [{k}, {n}] is off '
@@ -417,8 +401,7 @@ class PackedCodec:
             else:
                 s1, c1, s2, c2 = op
                 h, hb = c1(self._padded(x, bias, s1, c1), x.shape[0], self.arena, 'h')  # [T, C]
-                g = self._snake(h, hb, s2, self.arena.take('g', *h.shape, h.dtype))  # [T, C]
-                x = x.addmm_(g, c2.w)  # x + 1×1(Snake(h)), in place: the stream's buffer
+                x = x.addmm_(self._snake(h, hb, s2, h), c2.w)  # x + 1×1(Snake(h)), in place: the stream's buffer
                 bias = c2.bias if bias is None else bias + c2.bias
             snake = None
         y = x.to(torch.float32, copy=True)  # out of the arena: the next call reuses its buffers

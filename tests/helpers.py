@@ -25,8 +25,7 @@ def proc_nbs(dest: Path, timeout: float=900) -> Path:
     env = {**os.environ, 'PATH': f'{stub}{os.pathsep}{BIN}{os.pathsep}{os.environ.get("PATH", "")}', 'TMPDIR': str(scratch)}
     r = subprocess.run([str(BIN / 'nbdev_proc_nbs')], cwd=dest, capture_output=True, text=True, timeout=timeout, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
-    # importing torch._dynamo creates Inductor's default cache folder; it must stay empty (nothing compiled)
-    left = sorted(str(p.relative_to(scratch)) for p in scratch.rglob('*') if not (p.is_dir() and p.name.startswith('torchinductor_')))
+    left = sorted(str(p.relative_to(scratch)) for p in scratch.rglob('*'))
     assert not left, f'docs processing left temporary files behind: {left}'
     return dest / '_proc'
 
