@@ -1,4 +1,4 @@
-"The native Snake kernel's build: compilers without OpenMP, a build shared by processes, the cache reused."
+"The native library's build: compilers without OpenMP or AMX, a build shared by processes, the cache reused."
 import os, subprocess, sys, textwrap
 from pathlib import Path
 
@@ -16,6 +16,16 @@ CHECK = textwrap.dedent('''
     k(x, b, f, ib, out); snake_rows(x, b, f, ib, ref)
     assert (out - ref).abs().max() <= 1e-6 * ref.abs().max(), (out - ref).abs().max()
     assert k.fallbacks == 0
+    from lyracodec.engine import native_residual, FusedResidual, PackedSnake, PackedConv
+    from lyracodec.residual import ResidualUnit
+    u = ResidualUnit(64, 3).eval()
+    fr = FusedResidual(PackedSnake(u.layers[0]), PackedConv(u.layers[1], torch.bfloat16), PackedSnake(u.layers[2]),
+                       PackedConv(u.layers[3], torch.bfloat16))
+    rows = torch.randn(300, 64, generator=torch.Generator().manual_seed(1)).bfloat16()
+    outs = []
+    for threads in (1, 3):  # blocks split over threads (OpenMP, or pthreads without it): the same values
+        torch.set_num_threads(threads); y = rows.clone(); native_residual(amx=False)(y, torch.zeros(64), fr); outs.append(y)
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], rows)
 ''')
 
 def _fake_cc(d: Path, refuse_openmp: bool) -> Path:
@@ -58,3 +68,22 @@ def test_a_damaged_cached_library_is_built_again(tmp_path):
     p = _run(env); out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
     assert lib.read_bytes()[:4] == b'\x7fELF'  # rebuilt in place
+
+NO_AMX_CHECK = CHECK + textwrap.dedent('''
+    from lyracodec.engine import native_residual
+    assert native_residual() is None  # the library was built without AMX code: the engine keeps its matmuls
+    assert native_residual(amx=False) is not None  # the portable loops are there
+    try: native_residual(amx=True); raise SystemExit('AMX was offered by a library built without it')
+    except RuntimeError as e: assert 'no AMX' in str(e)
+''')
+
+def test_a_compiler_without_amx_gives_a_library_without_it(tmp_path):
+    cc = tmp_path / 'cc'  # refuses every build that still has AMX code, as a compiler without AMX intrinsics does
+    cc.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "calls"}\ncase "$*" in *-DLYRA_NO_AMX*) exec gcc "$@";; esac\n'
+                  'echo "error: unknown target attribute amx-tile" >&2; exit 1\n'); cc.chmod(0o755)
+    env = {'CC': str(cc), 'LYRACODEC_CACHE': str(tmp_path / 'cache')}
+    p = subprocess.run([sys.executable, '-c', NO_AMX_CHECK], env={**os.environ, 'PYTHONPATH': str(ROOT), **env},
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    calls = (tmp_path / 'calls').read_text().splitlines()
+    assert len(calls) == 3 and '-DLYRA_NO_AMX' in calls[2] and '-fopenmp' in calls[2]  # with OpenMP still, without AMX
