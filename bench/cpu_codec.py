@@ -11,7 +11,10 @@ Usage (from the checkout root; run it when the machine is otherwise idle):
 * Model calls: full preset, random weights (speed does not depend on them), weight norm folded, one window of
   `--frames` latent frames, fp32 and bf16, by four paths: `eager` (the model), `tuned` (the model through
   `lyracodec.codec.CompiledRun`: Inductor with freezing), `packed` (`lyracodec.engine.PackedCodec`, eager Snake) and
-  `packed+` (the packed engine with its Snake as the native C kernel: what the commands run on a CPU).
+  `packed+` (the packed engine with its native kernels: Snake in C and, in bf16 on a CPU with AMX, the residual units
+  of up to 256 channels fused into one pass each: what the commands run on a CPU). For packed+ in bf16 the same calls
+  are also timed with the residual units as matmuls again (`fuse_residuals(None)`), and for both packed paths with
+  Snake skipped (the matmuls and copies alone).
   Each configuration runs in a fresh process: "first call" is the first call's time (oneDNN primitive creation;
   compiling for tuned, building the native Snake for packed+) with an empty cache (cold) and again with the cache
   the cold process left (warm);
@@ -64,6 +67,14 @@ for what, inp in (('encode', x), ('decode', z)):
     if ref and os.path.exists(ref + what): r = torch.load(ref + what); res[what]['err'] = ((y - r).norm() / r.norm()).item()
     elif ref: torch.save(y, ref + what); res[what]['err'] = 0.0
 res['peak_mb'] = int([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0]) / 1024
+if engine is not None and engine.residual is not None:  # the same calls with the residual units as matmuls again
+    res['fused_units'] = engine.fuse_residuals(engine.residual)
+    engine.fuse_residuals(None)
+    for what, inp in (('encode', x), ('decode', z)):
+        f = getattr(engine, what); f(inp); ts = []
+        for _ in range({runs}):
+            t = time.perf_counter(); f(inp); ts.append(time.perf_counter() - t)
+        res[what]['unfused_s'] = statistics.median(ts)
 if engine is not None:  # the same calls with Snake skipped (wrong output): what the matmuls and the rest cost alone
     engine.kernel = lambda *args: None
     for what, inp in (('encode', x), ('decode', z)):
@@ -286,6 +297,12 @@ def main():
                 print(f'| {mode} | {prec} | {what} | {s:.2f} | {audio_s / s:.2f} | {gf:.0f} | {gf / peak[prec]:.0%} | '
                       f'{r[what]["first_s"]:.1f} | {(warm or r)[what]["first_s"]:.1f} | {max(r["peak_mb"], (warm or r)["peak_mb"]):.0f} | '
                       f'{m.get("err", float("nan")):.1e} |')
+        for mode, prec, r, warm in rows:
+            if 'unfused_s' in (warm or r)['encode']:
+                shares = [work[w] * audio_s / (warm or r)[w]['unfused_s'] / 1e9 / peak[prec] for w in ('encode', 'decode')]
+                fused = [(warm or r)[w]['unfused_s'] / (warm or r)[w]['median_s'] for w in ('encode', 'decode')]
+                print(f'{mode} {prec} with its {(warm or r)["fused_units"]} fused residual units run as matmuls again: {shares[0]:.0%} / '
+                      f'{shares[1]:.0%} of peak (fused: {fused[0]:.2f}x / {fused[1]:.2f}x faster)')
         for mode, prec, r, warm in rows:
             if 'no_snake_s' in (warm or r)['encode']:
                 shares = [work[w] * audio_s / (warm or r)[w]['no_snake_s'] / 1e9 / peak[prec] for w in ('encode', 'decode')]
