@@ -51,7 +51,8 @@ def snake_rows_eager(x: Tensor, bias: Tensor, freq: Tensor, inv_beta: Tensor, ou
 # %% ../nbs/06a_engine.ipynb #2631083c
 _SNAKE_C = r'''/* LyraCodec's Snake kernel, built by lyracodec.engine: y = xb + inv_beta * sin^2(pi * freq * xb), xb = x + bias, on
    rows [T, C] (channels last), float32 or bf16 storage, float32 arithmetic. The sine is the odd Taylor polynomial to
-   r^11 after reducing u = freq * xb to r = pi * (u - rint(u)) in [-pi/2, pi/2] (sin^2 has period pi). */
+   r^11 after reducing u = freq * xb to r = pi * (u - rint(u)) in [-pi/2, pi/2] (sin^2 has period pi); bf16 rows of a multiple
+   of 16 channels take the shorter SIN_BF16 where the CPU has AVX512-BF16 (their outputs are stored in bf16). */
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
@@ -86,10 +87,14 @@ static void rows_bf16(const uint16_t *x, uint16_t *y, const float *b, const floa
         for (int64_t c = 0; c < C; c++) yr[c] = f2bf(snake1(bf2f(xr[c]) + b[c], f[c], ib[c]));
     }
 }
+/* bf16 rows of a multiple of 16 channels: 16 lanes at a time with the shorter sine where the CPU has AVX512-BF16 (below). */
+static void snake_bf16_rows(const uint16_t *x, uint16_t *y, const float *b, const float *f, const float *ib, int64_t rows, int64_t C);
 typedef struct { const void *x; void *y; const float *b, *f, *ib; int64_t t0, t1, C; int bf16; } job_t;
 static void *run(void *p) {
     job_t *j = (job_t *)p;
-    if (j->bf16) rows_bf16(j->x, j->y, j->b, j->f, j->ib, j->t0, j->t1, j->C);
+    if (j->bf16 && j->C %% 16 == 0)
+        snake_bf16_rows((const uint16_t *)j->x + j->t0 * j->C, (uint16_t *)j->y + j->t0 * j->C, j->b, j->f, j->ib, j->t1 - j->t0, j->C);
+    else if (j->bf16) rows_bf16(j->x, j->y, j->b, j->f, j->ib, j->t0, j->t1, j->C);
     else rows_f32(j->x, j->y, j->b, j->f, j->ib, j->t0, j->t1, j->C);
     return 0;
 }
@@ -501,10 +506,9 @@ class PackedConv:
             cols = arena.take('cols', To, self.k * self.cin, dt)  # row t: input rows t, t + d, …, t + (k − 1)·d side by side
             cols.view(To, self.k, self.cin).copy_(xp.as_strided((To, self.k, self.cin), (self.cin, self.d * self.cin, 1)))
             return torch.mm(cols, self.w, out=arena.take(role, To, self.cout, dt)), self.bias
-        z = xp @ self.w  # outshift: [T + 2p, k·Cout], every tap's output at once
-        y = z[:To, :self.cout].float()
-        for j in range(1, self.k): y += z[j * self.d:j * self.d + To, j * self.cout:(j + 1) * self.cout]
-        return y.add_(self.bias), None  # float32, bias added
+        z = (xp @ self.w).float()  # outshift: [T + 2p, k·Cout], every tap's output at once
+        taps = z.as_strided((To, self.k, self.cout), (self.k * self.cout, self.d * self.k * self.cout + self.cout, 1))  # [To, k, Cout]: tap j of row t is z[t + j·d, j·Cout:(j + 1)·Cout]
+        return taps.sum(1).add_(self.bias), None  # float32, bias added; one strided sum, not k passes over narrow columns
 
 # %% ../nbs/06a_engine.ipynb #0864a1f7
 class PackedConvT:
