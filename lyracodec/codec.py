@@ -387,7 +387,7 @@ def engine_for(choice: str, # 'auto', 'packed' or 'model' (`--engine`)
 
 def wants_packed_compile(choice: str, # 'auto', 'on' or 'off' (`--compile`)
                         ) -> bool:
-    "Whether the engine's Snake runs as the native kernel: `auto` and `on` (it costs about 0.2 s once per machine, then ms)."
+    "Whether the engine's Snake runs as the native kernel: `auto` and `on` (it costs about 0.4 s once per machine, then ms)."
     if choice not in COMPILE_CHOICES: raise ValueError(f'compile must be one of {COMPILE_CHOICES}, got {choice!r}')
     return choice != 'off'
 

@@ -152,7 +152,7 @@ def native_snake_path() -> Path:
     return cache_dir() / 'native' / f'snake-{key}.so'
 
 def build_native_snake() -> Path:
-    "Compile the native Snake into the cache unless it is there (about 0.2 s); its path. Raises RuntimeError naming the fault."
+    "Compile the native Snake into the cache unless it is there (about 0.4 s); its path. Raises RuntimeError naming the fault."
     path = native_snake_path()
     if path.is_file(): return path
     path.parent.mkdir(parents=True, exist_ok=True)
