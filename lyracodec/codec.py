@@ -4,13 +4,13 @@
 
 # %% auto #0
 __all__ = ['CHUNK_FRAMES', 'PRECISIONS', 'DEVICE_CHUNK_FRAMES', 'COMPILE_CHOICES', 'COMPILE_AUTO_FRAMES', 'ENGINES',
-           'ENGINE_HELP', 'COMPILE_HELP', 'LATENT_DTYPES', 'LYRA_FORMAT', 'receptive_frames', 'chunk_plan',
-           'chunk_cuts', 'iter_chunks', 'compute_dtype', 'autocast_to', 'bf16_fault', 'checked_dtype', 'chunk_defaults',
-           'iter_encode', 'encode_audio', 'iter_decode', 'decode_latents', 'encode_file', 'file_reader',
-           'inductor_cache', 'wants_compile', 'noting_interrupts', 'CompiledRun', 'engine_for', 'wants_packed_compile',
-           'checked_engine', 'packed_engine', 'model_fingerprint', 'latent_meta', 'save_latents', 'load_latents',
-           'check_compatible', 'add_inference_args', 'load_for_inference', 'run_args', 'encode_main', 'decode_main',
-           'reconstruct_main']
+           'ENGINE_HELP', 'COMPILE_HELP', 'LATENT_DTYPES', 'LYRA_FORMAT', 'receptive_frames', 'kept_reach',
+           'chunk_plan', 'chunk_cuts', 'iter_chunks', 'compute_dtype', 'autocast_to', 'bf16_fault', 'checked_dtype',
+           'chunk_defaults', 'iter_encode', 'encode_audio', 'iter_decode', 'decode_latents', 'encode_file',
+           'file_reader', 'inductor_cache', 'wants_compile', 'noting_interrupts', 'CompiledRun', 'engine_for',
+           'wants_packed_compile', 'checked_engine', 'packed_engine', 'model_fingerprint', 'latent_meta',
+           'save_latents', 'load_latents', 'check_compatible', 'add_inference_args', 'load_for_inference', 'run_args',
+           'encode_main', 'decode_main', 'reconstruct_main']
 
 # %% ../nbs/06_codec.ipynb #2c1519e3
 import contextlib
@@ -36,13 +36,18 @@ from .audio import AUDIO_EXTENSIONS, audio_info, load_audio, resampled_length, w
 from .vae import VAE, VAEConfig, load_pretrained
 from .residual import receptive_field
 from .runtime import pick_device
-from .engine import PackedCodec
+from .vae_config import CONFIG_NAME, resolve_model_dir, read_model_config
+from .engine import (PackedCodec, engine_cache_enabled, engine_cache_path, load_cached_engine, skeleton_model,
+                              store_engine, _params_on_cpu)
 
 # %% ../nbs/06_codec.ipynb #b4fd2535
-@functools.lru_cache(maxsize=None)
+_REACH: dict = {}  # (strides, sample rate) -> (encoder, decoder) reach, measured once per process (or read by `kept_reach`)
+
 def _reach(strides: tuple, sample_rate: int) -> tuple:
     "Encoder and decoder reach in frames of a model with these strides, from float64 gradients of a 1-channel copy."
-    with torch.inference_mode(False), torch.enable_grad(): return _reach_grad(strides, sample_rate)
+    if (strides, sample_rate) not in _REACH:
+        with torch.inference_mode(False), torch.enable_grad(): _REACH[(strides, sample_rate)] = _reach_grad(strides, sample_rate)
+    return _REACH[(strides, sample_rate)]
 
 def _reach_grad(strides: tuple, sample_rate: int) -> tuple:
     narrow = VAE(VAEConfig(channels=1, c_mults=[1] * len(strides), strides=list(strides), latent_dim=1,
@@ -63,6 +68,27 @@ def receptive_frames(cfg: VAEConfig, # the model's config (only strides matter)
                     ) -> tuple: # (encoder reach, decoder reach), one-sided, in latent frames
     "How many latent frames on each side of a frame influence it, for the encoder and the decoder (measured once per stride set)."
     return _reach(tuple(cfg.strides), cfg.sample_rate)
+
+def _reach_key(cfg: VAEConfig) -> str:
+    "The strides, the rate and a digest of the code that builds the layers: other code is measured again."
+    src = b''.join(Path(m.__file__).read_bytes() for m in (lyracodec.blocks, lyracodec.residual, lyracodec.vae))
+    return f'{",".join(map(str, cfg.strides))}@{cfg.sample_rate}@{hashlib.sha256(src).hexdigest()[:16]}'
+
+def kept_reach(cfg: VAEConfig) -> tuple:
+    "`receptive_frames`, read from the LyraCodec cache where an earlier command measured it, else measured and kept there (the commands' start-up: 0.2–0.3 s less)."
+    key, path = _reach_key(cfg), cache_dir() / 'checks' / 'reach.json'
+    try: stored = json.loads(path.read_text())
+    except (OSError, ValueError): stored = {}  # none yet, or unreadable: measured again
+    got = stored.get(key) if isinstance(stored, dict) else None
+    if isinstance(got, list) and len(got) == 2 and all(type(v) is int and v >= 0 for v in got):
+        _REACH[(tuple(cfg.strides), cfg.sample_rate)] = tuple(got)
+        return tuple(got)
+    reach = receptive_frames(cfg)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps({**(stored if isinstance(stored, dict) else {}), key: list(reach)})))
+    except OSError: pass  # a read-only cache: measured again next time
+    return reach
 
 # %% ../nbs/06_codec.ipynb #a65ed6da
 CHUNK_FRAMES = 128  # window of a chunk in latent frames (≈ 5.9 s, Stable Audio's); `chunk_defaults` has the choice per device
@@ -395,12 +421,15 @@ def checked_engine(model: VAE, # the model, on its device
                    dtype: Optional[torch.dtype], # `compute_dtype`'s choice
                    precision: str, # the user's `--precision`
                    engine: str, # `engine_for`'s choice
+                   kept: Optional[PackedCodec]=None, # the engine of `dtype` from the engine cache, if one was kept
+                   weights: Optional[Callable]=None, # () -> the model with its weights, where `model` is a kept engine's weightless copy
                   ) -> tuple: # (the dtype to run, the packed engine or None)
     "`checked_dtype` for what will run: the packed engine's bf16 matmuls (the engine is built once for both), else the model's convolutions."
     if engine != 'packed': return checked_dtype(model, dtype, precision), None
-    packed = PackedCodec(model, dtype)
+    packed = kept if kept is not None else PackedCodec(model, dtype)
     checked = checked_dtype(model, dtype, precision, lambda m: packed.bf16_fault())
-    return checked, packed if checked == dtype else PackedCodec(model, checked)
+    if checked == dtype: return checked, packed
+    return checked, PackedCodec(weights() if kept is not None and weights is not None else model, checked)
 
 def packed_engine(model: VAE, # the model, on the CPU
                   dtype: Optional[torch.dtype], # `compute_dtype`'s choice (None: float32)
@@ -527,6 +556,21 @@ def add_inference_args(p, # an argparse parser
     p.add_argument('--engine', default='auto', choices=ENGINES, help=ENGINE_HELP)
     p.add_argument('--compile', default='auto', choices=COMPILE_CHOICES, help=COMPILE_HELP)
 
+def _load_folded(model_dir, device) -> VAE:
+    "`load_pretrained` with weight norm folded: inference only, one plain weight per convolution instead of recomputing it per chunk."
+    return load_pretrained(model_dir, map_location=str(device)).fold_weight_norm()
+
+def _kept_engine(model_dir, # `--model`
+                 dtype: Optional[torch.dtype], # `compute_dtype`'s choice
+                ) -> tuple: # (the model without its weights, the engine), or (None, None) where none is kept
+    "The packed engine of `model_dir` from the engine cache (`load_cached_engine`), with a weightless copy of its model."
+    if not engine_cache_enabled(): return None, None
+    try: cfg, _ = read_model_config(resolve_model_dir(model_dir) / CONFIG_NAME)
+    except EXPECTED_ERRORS: return None, None  # loading the model names what is wrong
+    eng = load_cached_engine(cfg, dtype, engine_cache_path(model_dir, dtype))
+    if eng is None: return None, None
+    return _params_on_cpu(skeleton_model(cfg), keep_shape=False).eval(), eng  # weightless, as `_release_weights` leaves a model
+
 def _release_weights(model: VAE) -> None:
     "Free the weights of a model whose packed engine holds its own copy (measured: fp32 peak 3.4 → 2.5 GB, full preset)."
     for p in model.parameters(): p.data = torch.empty(0, dtype=p.dtype, device=p.device)  # config, hop and device stay
@@ -543,19 +587,25 @@ def load_for_inference(a, # parsed `add_inference_args` options; gains `dtype_co
     try:
         device = pick_device(a.device, local_rank, key='--device')  # before the model: a missing GPU is not a damaged model file
         a.dtype_compute = compute_dtype(a.precision, device)
-        engine_for(a.engine, device)
+        engine = engine_for(a.engine, device)
     except (ValueError, RuntimeError) as e: err(e); return None
-    try: model = load_pretrained(a.model, map_location=str(device))
-    except EXPECTED_ERRORS as e: err(f'cannot load model: {os_error_message(e, a.model)}'); return None
-    model.fold_weight_norm()  # inference only: one plain weight per convolution instead of recomputing it per chunk
+    model, kept = _kept_engine(a.model, a.dtype_compute) if engine == 'packed' else (None, None)
+    if model is None:
+        try: model = _load_folded(a.model, device)
+        except EXPECTED_ERRORS as e: err(f'cannot load model: {os_error_message(e, a.model)}'); return None
     try:  # the default overlap comes from the model's reach
+        kept_reach(model.cfg)
         for d in directions: chunk_plan(1, *chunk_defaults(model, d, a.chunk_frames, a.overlap_frames))
     except ValueError as e: err(e); return None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
-        try: a.dtype_compute, a.packed = checked_engine(model, a.dtype_compute, a.precision, engine_for(a.engine, device))
+        try: a.dtype_compute, a.packed = checked_engine(model, a.dtype_compute, a.precision, engine, kept,
+                                                           lambda: _load_folded(a.model, device))
         except ValueError as e: err(e); return None
+        except EXPECTED_ERRORS as e: err(f'cannot load model: {os_error_message(e, a.model)}'); return None
     for w in caught: warn(w.message)
+    if a.packed is not None and a.packed is not kept and engine_cache_enabled():
+        store_engine(a.packed, engine_cache_path(a.model, a.packed.dtype))  # the next command maps it instead of packing
     if a.packed is not None: _release_weights(model)
     return model
 
