@@ -97,3 +97,18 @@ def test_bf16_fault_with_a_kept_engine_falls_back_to_fp32(work, monkeypatch, cap
     z_ref = _encode(work, 'lat3', '--precision', 'fp32', '--engine', 'model')
     assert (z - z_ref).abs().max() <= 1e-5 * z_ref.abs().max()
     assert len(_entries(work)) == 2  # the fp32 engine is kept too
+
+def test_reach_is_kept(work, monkeypatch):
+    "The commands measure the model's reach once: later ones read it from the cache; a damaged file is measured again."
+    cfg = VAEConfig.preset('tiny')
+    reach = codec.kept_reach(cfg)
+    path = work / 'cache' / 'checks' / 'reach.json'
+    assert reach == codec.receptive_frames(cfg) and path.is_file()
+    monkeypatch.setattr(codec, '_REACH', {})
+    def refuse(*a): raise AssertionError('measured again')
+    with monkeypatch.context() as m:
+        m.setattr(codec, '_reach_grad', refuse)
+        assert codec.kept_reach(cfg) == reach
+    path.write_text('{"not": "json"')
+    monkeypatch.setattr(codec, '_REACH', {})
+    assert codec.kept_reach(cfg) == reach and codec._reach_key(cfg) in path.read_text()
