@@ -562,12 +562,13 @@ def _load_folded(model_dir, device) -> VAE:
 
 def _kept_engine(model_dir, # `--model`
                  dtype: Optional[torch.dtype], # `compute_dtype`'s choice
+                 path: Optional[Path], # `engine_cache_path` of `model_dir` and `dtype`
                 ) -> tuple: # (the model without its weights, the engine), or (None, None) where none is kept
     "The packed engine of `model_dir` from the engine cache (`load_cached_engine`), with a weightless copy of its model."
     if not engine_cache_enabled(): return None, None
     try: cfg, _ = read_model_config(resolve_model_dir(model_dir) / CONFIG_NAME)
     except EXPECTED_ERRORS: return None, None  # loading the model names what is wrong
-    eng = load_cached_engine(cfg, dtype, engine_cache_path(model_dir, dtype))
+    eng = load_cached_engine(cfg, dtype, path)
     if eng is None: return None, None
     return _params_on_cpu(skeleton_model(cfg), keep_shape=False).eval(), eng  # weightless, as `_release_weights` leaves a model
 
@@ -589,7 +590,9 @@ def load_for_inference(a, # parsed `add_inference_args` options; gains `dtype_co
         a.dtype_compute = compute_dtype(a.precision, device)
         engine = engine_for(a.engine, device)
     except (ValueError, RuntimeError) as e: err(e); return None
-    model, kept = _kept_engine(a.model, a.dtype_compute) if engine == 'packed' else (None, None)
+    # keyed before any weights are read: a model saved again meanwhile is never stored under the new files' key
+    keys = {dt: engine_cache_path(a.model, dt) for dt in {a.dtype_compute, None}} if engine == 'packed' else {}
+    model, kept = _kept_engine(a.model, a.dtype_compute, keys[a.dtype_compute]) if engine == 'packed' else (None, None)
     if model is None:
         try: model = _load_folded(a.model, device)
         except EXPECTED_ERRORS as e: err(f'cannot load model: {os_error_message(e, a.model)}'); return None
@@ -605,7 +608,7 @@ def load_for_inference(a, # parsed `add_inference_args` options; gains `dtype_co
         except EXPECTED_ERRORS as e: err(f'cannot load model: {os_error_message(e, a.model)}'); return None
     for w in caught: warn(w.message)
     if a.packed is not None and a.packed is not kept and engine_cache_enabled():
-        store_engine(a.packed, engine_cache_path(a.model, a.packed.dtype))  # the next command maps it instead of packing
+        store_engine(a.packed, keys[a.dtype_compute])  # the next command maps it instead of packing
     if a.packed is not None: _release_weights(model)
     return model
 
