@@ -9,7 +9,7 @@ __all__ = ['SIN_TAYLOR', 'SIN_BF16', 'SNAKE_ROWS', 'TAP_BLOCK_ROWS', 'IM2COL_BF1
            'load_cached_engine', 'store_engine']
 
 # %% ../nbs/06a_engine.ipynb #722d2197
-import contextlib, ctypes, functools, hashlib, json, math, os, platform, subprocess, time
+import contextlib, ctypes, functools, hashlib, inspect, json, math, os, platform, subprocess, sys, time
 from pathlib import Path
 from typing import Optional
 import torch
@@ -18,8 +18,7 @@ from torch import nn, Tensor
 from . import __version__ as lyracodec_version
 from .core import atomic_write, cache_dir, new_temp_path
 from .snake import Snake, EPS
-from . import residual as _residual
-from .residual import ResidualUnit
+from .residual import ResidualUnit, plain_convs
 from .vae import VAE, posterior_stats, _init_skipped
 from .vae_config import VAEConfig, resolve_model_dir, read_model_config, CONFIG_NAME, WEIGHTS_NAME
 
@@ -803,17 +802,9 @@ class PackedCodec:
 # %% ../nbs/06a_engine.ipynb #bdb6cbe3
 ENGINE_CACHE_KEEP = 3  # packed engines kept, each the size of the weights in its dtype (full preset: 312 MB bf16, 624 MB fp32)
 
-@contextlib.contextmanager
-def _plain_convs():
-    "Build plain convolutions where the blocks ask for weight-normalised ones (`wn_conv1d`): the same layers as folded ones."
-    saved = _residual.weight_norm
-    _residual.weight_norm = lambda m: m
-    try: yield
-    finally: _residual.weight_norm = saved
-
 def skeleton_model(cfg: VAEConfig) -> VAE:
     "A `VAE` of `cfg` with plain convolutions on the meta device (every layer's shape, no memory, no initialisation); its Snakes' few parameters are on the CPU, unset."
-    with _plain_convs(), torch.device('meta'), _init_skipped(): model = VAE(cfg)
+    with plain_convs(), torch.device('meta'), _init_skipped(): model = VAE(cfg)
     for m in model.modules():  # measured: the first `exp` of a meta tensor imports torch's reference ops, 1.2 s
         if isinstance(m, Snake): _params_on_cpu(m, keep_shape=True)
     return model
@@ -832,8 +823,11 @@ def engine_cache_enabled() -> bool:
 @functools.lru_cache(maxsize=1)
 def _packing_key() -> str:
     "The code and settings that decide the layout: an engine packed by other code is never loaded."
-    import inspect
-    try: src = ''.join(inspect.getsource(o) for o in (PackedSnake, _float_bias, PackedConv, PackedConvT, _pack, vnni_pack))
+    mod = PackedConv.__module__  # in a notebook, the cells' own source (inspect) instead
+    path = getattr(sys.modules.get(mod), '__file__', None) if mod.startswith('lyracodec.') else None
+    try:  # the whole module's file: any change to it packs again (inspect.getsource of the packing code took 0.05 s)
+        if path: src = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        else: src = ''.join(inspect.getsource(o) for o in (PackedSnake, _float_bias, PackedConv, PackedConvT, _pack, vnni_pack))
     except (OSError, TypeError): src = ''  # no sources (a frozen install): the version alone
     return src + repr((IM2COL_BF16_CHANNELS, TAP_BLOCK_ROWS, EPS, lyracodec_version))
 

@@ -12,7 +12,7 @@ from lyracodec.snake import (SNAKE_TOL, Snake, resolve_impl, set_snake_impl, sna
                              triton_interpreter, triton_unavailable)
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-needs_triton = pytest.mark.skipif(S.triton is None, reason='Triton is not installed')
+needs_triton = pytest.mark.skipif(S.load_triton() is None, reason='Triton is not installed')
 
 @needs_triton
 @pytest.mark.parametrize('dtype', DTYPES, ids=str)
@@ -76,12 +76,12 @@ def test_auto_dispatch(monkeypatch):
     cpu = torch.zeros(1, 2, 3)
     assert resolve_impl('auto', cpu) == 'fused'
     cuda = SimpleNamespace(device=torch.device('cuda'), dtype=torch.bfloat16)
-    assert resolve_impl('auto', cuda) == (S.CUDA_IMPL if S.triton is not None else 'fused')
+    assert resolve_impl('auto', cuda) == (S.CUDA_IMPL if S.load_triton() is not None else 'fused')
     assert resolve_impl('auto', SimpleNamespace(device=torch.device('cuda'), dtype=torch.float64)) == 'fused'
     with pytest.raises(ValueError, match='impl must be one of'): resolve_impl('fast', cpu)
     with pytest.raises(ValueError, match='impl must be one of'): Snake(4, impl='fast')
     monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)  # inside torch.compile: the plain formula
-    if S.triton is not None: assert resolve_impl('auto', cuda) == 'compiled'
+    if S.load_triton() is not None: assert resolve_impl('auto', cuda) == 'compiled'
     assert resolve_impl('auto', cpu) == 'compiled'  # on the CPU too: Inductor fuses the formula, not the fused backward
     x, la, lb = torch.randn(2, 3, 50), torch.randn(3), torch.randn(3)
     torch.testing.assert_close(S.snake_compiled(x, la, lb), snake_naive(x, la, lb))
@@ -93,7 +93,7 @@ def test_module_impls_agree_and_switch():
         for m in model:
             if isinstance(m, Snake): m.alpha.normal_(0, 0.5); m.beta.normal_(0, 0.5)
     x = torch.randn(2, 4, 256)
-    impls = ['fused', 'naive', 'compiled'] + (['triton'] if S.triton is not None else [])
+    impls = ['fused', 'naive', 'compiled'] + (['triton'] if S.load_triton() is not None else [])
     outs, grads = {}, {}
     for impl in impls:
         assert set_snake_impl(model, impl) == 2
@@ -105,7 +105,7 @@ def test_module_impls_agree_and_switch():
     for impl in impls[1:]:
         torch.testing.assert_close(outs[impl], outs['fused'], rtol=1e-5, atol=1e-5)
         for a, b in zip(grads[impl], grads['fused']): torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    assert "impl='triton'" in repr(model) or S.triton is None
+    assert "impl='triton'" in repr(model) or S.load_triton() is None
 
 def test_import_and_fallback_without_triton():
     "With Triton absent the module imports, 'auto' is the fused function everywhere and impl='triton' says why not."
@@ -113,8 +113,9 @@ def test_import_and_fallback_without_triton():
         import sys; sys.modules['triton'] = None  # import triton now raises ImportError
         import torch
         from types import SimpleNamespace
-        from lyracodec.snake import Snake, snake, resolve_impl, TRITON_ERROR
-        assert TRITON_ERROR and 'triton' in TRITON_ERROR.lower(), TRITON_ERROR
+        import lyracodec.snake as S
+        from lyracodec.snake import Snake, snake, resolve_impl
+        assert S.load_triton() is None and S.TRITON_ERROR and 'triton' in S.TRITON_ERROR.lower(), S.TRITON_ERROR
         y = Snake(3)(torch.randn(2, 3, 10)); assert y.shape == (2, 3, 10)
         assert resolve_impl('auto', SimpleNamespace(device=torch.device('cuda'), dtype=torch.float32)) == 'fused'
         try: snake(torch.randn(1, 3, 4), torch.zeros(3), torch.zeros(3), impl='triton')
@@ -123,6 +124,20 @@ def test_import_and_fallback_without_triton():
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "refused: Snake impl='triton': Triton is not importable" in r.stdout
+
+def test_cpu_commands_do_not_import_triton():
+    "Triton is imported only when a CUDA tensor or the interpreter asks for it: the CPU commands' start-up skips it."
+    code = textwrap.dedent('''
+        import sys, torch
+        import lyracodec.codec, lyracodec.preencode, lyracodec.metrics
+        from lyracodec.snake import Snake
+        Snake(4)(torch.randn(1, 4, 16)).sum().backward()
+        assert 'triton' not in sys.modules, 'triton was imported'
+        import lyracodec.snake as S
+        assert (S.load_triton() is None) == (S.TRITON_ERROR is not None)
+    ''')
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
 
 def test_bench_snake_runs():
     "bench/snake.py keeps working (tiny shape, one repeat)."
