@@ -3,6 +3,7 @@
 Usage (from the checkout root; run it when the machine is otherwise idle):
     .venv/bin/python bench/cpu_codec.py [--threads 2] [--frames 128] [--runs 3] [--e2e-seconds 60]
                                         [--exact-frames 600] [--skip-e2e] [--skip-sat] [--sat-dir DIR]
+                                        [--e2e-runs 3] [--e2e-auto-only]
 
 * Peak: a 2048 x 2048 matmul on `--threads` threads, fp32 and bf16, median of 10 (the CPU's practical limit at that
   precision), measured in this run; every GFLOP/s figure is also given as its share of that peak.
@@ -24,7 +25,9 @@ Usage (from the checkout root; run it when the machine is otherwise idle):
 * End to end: `lyracodec_encode` then `lyracodec_decode` on a `--e2e-seconds` stereo WAV, wall time of each
   command including start-up (imports, model load, compiling), share of the peak in useful FLOP. Every command
   starts from an empty LyraCodec cache (it measures the reach, builds the native library, packs the weights and
-  keeps them), except the "warm cache" rows, which find what the command before them left there.
+  keeps them), except the "warm cache" rows, which find what the command before them left there. Each row is the
+  median of `--e2e-runs` runs (`--e2e-auto-only`: only the rows of what the commands pick by default). The peak is
+  measured again after these rows, and their shares are of the higher of the two peaks.
 * stable-audio-tools: its Oobleck encoder and decoder (from the PyPI package, installed with --no-deps into its own
   folder and imported with the modules it needs only for other models stubbed), the same shape, weights and input,
   weight norm removed like ours, eager at each precision, same window, in this run.
@@ -222,7 +225,7 @@ def write_wav(path: Path, seconds: float):
     x = 0.3 * np.stack([np.sin(2 * np.pi * 220 * t), np.sin(2 * np.pi * 330 * t + 1)], 1) + 0.05 * rng.standard_normal((t.size, 2))
     sf.write(path, x.astype('float32'), SR, subtype='PCM_16')
 
-def e2e(seconds: float, threads: int, d: Path, cases: list) -> list:
+def e2e(seconds: float, threads: int, d: Path, cases: list, runs: int=3) -> list:
     import torch
     from lyracodec.vae import VAE, VAEConfig, save_pretrained
     torch.manual_seed(0)
@@ -232,16 +235,20 @@ def e2e(seconds: float, threads: int, d: Path, cases: list) -> list:
     bin_ = Path(sys.executable).parent
     rows = []
     for k, (prec, engine, comp, warm) in enumerate(cases):
-        tag = f'{k}-{prec}-{engine}-{comp}'
-        out = []
-        for prog, src, dst in (('lyracodec_encode', d / 'in', d / f'lat-{tag}'), ('lyracodec_decode', d / f'lat-{tag}', d / f'dec-{tag}')):
-            if not warm: shutil.rmtree(d / 'cache', ignore_errors=True)  # cold: nothing measured, built or packed yet
-            t = time.perf_counter()
-            r = subprocess.run([str(bin_ / prog), str(src), '--model', str(d / 'model'), '-o', str(dst), '-q', '--precision', prec,
-                                '--engine', engine, '--compile', comp], capture_output=True, text=True, env=env)
-            if r.returncode: raise RuntimeError(f'{prog}: {r.stderr.strip()[-500:]}')
-            out.append(time.perf_counter() - t)
-        rows.append((prec, engine, comp, warm, *out))
+        times = {'encode': [], 'decode': []}
+        for run in range(runs):
+            tag = f'{k}-{run}-{prec}-{engine}-{comp}'
+            for what, prog, src, dst in (('encode', 'lyracodec_encode', d / 'in', d / f'lat-{tag}'),
+                                         ('decode', 'lyracodec_decode', d / f'lat-{tag}', d / f'dec-{tag}')):
+                if not warm: shutil.rmtree(d / 'cache', ignore_errors=True)  # cold: nothing measured, built or packed yet
+                t = time.perf_counter()
+                r = subprocess.run([str(bin_ / prog), str(src), '--model', str(d / 'model'), '-o', str(dst), '-q', '--precision', prec,
+                                    '--engine', engine, '--compile', comp], capture_output=True, text=True, env=env)
+                if r.returncode: raise RuntimeError(f'{prog}: {r.stderr.strip()[-500:]}')
+                times[what].append(time.perf_counter() - t)
+            shutil.rmtree(d / f'dec-{tag}', ignore_errors=True)  # 21 MB a minute of audio: the disk stays clear
+        rows.append((prec, engine, comp, warm, statistics.median(times['encode']), statistics.median(times['decode']),
+                     times))
     return rows
 
 def main():
@@ -253,6 +260,8 @@ def main():
                    help='folder with stable-audio-tools installed (pip --target); default: install it into a temporary one')
     p.add_argument('--modes', nargs='*', default=['eager', 'tuned', 'packed', 'packed+'])
     p.add_argument('--sweep', type=int, nargs='*', default=[64, 128, 256, 512], help='window sizes to time (packed engine)')
+    p.add_argument('--e2e-runs', type=int, default=3, help='runs of each end-to-end row (the median is shown)')
+    p.add_argument('--e2e-auto-only', action='store_true', help='only the end-to-end rows of --engine auto --compile auto')
     a = p.parse_args()
     import torch
     flags = Path('/proc/cpuinfo').read_text() if Path('/proc/cpuinfo').exists() else ''
@@ -331,18 +340,24 @@ def main():
             print('|---|---|---|---|')
             for w, pr, e, dd in window_sweep(a.sweep, a.threads): print(f'| {w} | {pr} | {e * 1e3:.1f} | {dd * 1e3:.1f} |', flush=True)
         if not a.skip_e2e:
-            cases = [(p_, e, c, w) for p_ in ('fp32', 'bf16') for e, c, w in
-                     (('model', 'off', False), ('packed', 'off', False), ('auto', 'auto', False), ('auto', 'auto', True))]
-            res = e2e(a.e2e_seconds, a.threads, d, cases)
-            print(f'\nEnd to end, {a.e2e_seconds:g} s stereo WAV, full preset, wall time including start-up '
-                  f'(load {os.getloadavg()[0]:.1f}):')
-            print('| precision | --engine | --compile | encode s | x real time | share of peak | decode s | x real time | share of peak |')
-            print('|---|---|---|---|---|---|---|---|---|')
-            for prec, engine, comp, warm, te, td in res:
+            rows_e2e = (('auto', 'auto', False), ('auto', 'auto', True))
+            if not a.e2e_auto_only: rows_e2e = (('model', 'off', False), ('packed', 'off', False)) + rows_e2e
+            cases = [(p_, e, c, w) for p_ in ('fp32', 'bf16') for e, c, w in rows_e2e]
+            res = e2e(a.e2e_seconds, a.threads, d, cases, a.e2e_runs)
+            after = matmul_peak(a.threads)
+            top = {k: max(peak[k], after[k]) for k in peak}
+            print(f'\nEnd to end, {a.e2e_seconds:g} s stereo WAV, full preset, wall time including start-up, median of '
+                  f'{a.e2e_runs} (load {os.getloadavg()[0]:.1f}); matmul peak again after these rows: fp32 {after["fp32"]:.0f}, '
+                  f'bf16 {after["bf16"]:.0f} GFLOP/s; shares are of the higher peak (fp32 {top["fp32"]:.0f}, bf16 {top["bf16"]:.0f}):')
+            print('| precision | --engine | --compile | encode s | x real time | share of peak | decode s | x real time | share of peak | encode runs s | decode runs s |')
+            print('|---|---|---|---|---|---|---|---|---|---|---|')
+            for prec, engine, comp, warm, te, td, times in res:
                 label = comp if comp == 'off' else f'{comp}, {"warm" if warm else "cold"} cache'
-                se = work['encode'] * a.e2e_seconds / te / 1e9 / peak[prec]
-                sd = work['decode'] * a.e2e_seconds / td / 1e9 / peak[prec]
-                print(f'| {prec} | {engine} | {label} | {te:.1f} | {a.e2e_seconds / te:.2f} | {se:.0%} | {td:.1f} | {a.e2e_seconds / td:.2f} | {sd:.0%} |')
+                se = work['encode'] * a.e2e_seconds / te / 1e9 / top[prec]
+                sd = work['decode'] * a.e2e_seconds / td / 1e9 / top[prec]
+                runs_ = lambda w: ' '.join(f'{t:.1f}' for t in times[w])
+                print(f'| {prec} | {engine} | {label} | {te:.1f} | {a.e2e_seconds / te:.2f} | {se:.0%} | {td:.1f} | {a.e2e_seconds / td:.2f} | {sd:.0%} | '
+                      f'{runs_("encode")} | {runs_("decode")} |')
     print(f'\nload at the end {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} {os.getloadavg()[2]:.1f}')
 
 if __name__ == '__main__': main()
