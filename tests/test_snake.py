@@ -135,6 +135,7 @@ def test_cpu_commands_do_not_import_triton():
         assert 'triton' not in sys.modules, 'triton was imported'
         import lyracodec.snake as S
         assert (S.load_triton() is None) == (S.TRITON_ERROR is not None)
+        assert not {'triton', 'tl', 'TRITON_ERROR'} & set(S.__all__)  # a star import never shadows the user's own triton
     ''')
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
