@@ -14,7 +14,6 @@ __all__ = ['CHUNK_FRAMES', 'PRECISIONS', 'DEVICE_CHUNK_FRAMES', 'COMPILE_CHOICES
 
 # %% ../nbs/06_codec.ipynb #2c1519e3
 import contextlib
-import functools
 import hashlib
 import json
 import math
@@ -30,8 +29,8 @@ import torch
 from torch import Tensor
 
 import lyracodec
-from .core import (EXPECTED_ERRORS, PathLike, atomic_write, cache_dir, check_output, cli_parser, os_error_message,
-                            save_safetensors)
+from .core import (EXPECTED_ERRORS, PathLike, atomic_write, cache_dir, check_output, cli_parser, keep, os_error_message,
+                            read_kept, save_safetensors)
 from .audio import AUDIO_EXTENSIONS, audio_info, load_audio, resampled_length, write_audio, collect_files
 from .vae import VAE, VAEConfig, load_pretrained
 from .residual import receptive_field
@@ -77,17 +76,13 @@ def _reach_key(cfg: VAEConfig) -> str:
 def kept_reach(cfg: VAEConfig) -> tuple:
     "`receptive_frames`, read from the LyraCodec cache where an earlier command measured it, else measured and kept there (the commands' start-up: 0.2–0.3 s less)."
     key, path = _reach_key(cfg), cache_dir() / 'checks' / 'reach.json'
-    try: stored = json.loads(path.read_text())
-    except (OSError, ValueError): stored = {}  # none yet, or unreadable: measured again
-    got = stored.get(key) if isinstance(stored, dict) else None
+    stored = read_kept(path)  # none yet, or unreadable: measured again
+    got = stored.get(key)
     if isinstance(got, list) and len(got) == 2 and all(type(v) is int and v >= 0 for v in got):
         _REACH[(tuple(cfg.strides), cfg.sample_rate)] = tuple(got)
         return tuple(got)
     reach = receptive_frames(cfg)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps({**(stored if isinstance(stored, dict) else {}), key: list(reach)})))
-    except OSError: pass  # a read-only cache: measured again next time
+    keep(path, {**stored, key: list(reach)})  # a read-only cache: measured again next time
     return reach
 
 # %% ../nbs/06_codec.ipynb #a65ed6da

@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['PathLike', 'EXPECTED_ERRORS', 'cache_dir', 'ConfigError', 'need', 'check_type', 'Config', 'config_from_dict',
            'OutputError', 'check_output', 'temp_name_prefix', 'remove_stale_temps', 'fsync_dir', 'new_temp_path',
-           'disk_full', 'atomic_write', 'save_safetensors', 'shown_path', 'os_error_message', 'FolderLock',
-           'cli_parser', 'drop_worker_disconnects', 'quiet_worker_disconnects', 'run_main']
+           'disk_full', 'atomic_write', 'save_safetensors', 'read_kept', 'keep', 'shown_path', 'os_error_message',
+           'FolderLock', 'cli_parser', 'drop_worker_disconnects', 'quiet_worker_disconnects', 'run_main']
 
 # %% ../nbs/00a_core.ipynb #49fdd848
 import argparse
@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import errno
 import glob
+import json
 import math
 import re
 import os
@@ -227,6 +228,23 @@ def save_safetensors(tensors: dict, # name -> tensor
         text = (str(e).splitlines() or [type(e).__name__])[0]
         if disk_full(Path(path).parent) or 'os error 28' in text: raise OSError(errno.ENOSPC, 'No space left on device', str(path)) from None
         raise OSError(errno.EIO, f'could not write ({text})', str(path)) from None
+
+# %% ../nbs/00a_core.ipynb #eec7cc78
+def read_kept(path: PathLike) -> dict:
+    "The JSON object kept at `path` by `keep`; `{}` where the file is missing, unreadable or not an object."
+    try: got = json.loads(Path(path).read_text())
+    except (OSError, ValueError): return {}
+    return got if isinstance(got, dict) else {}
+
+def keep(path: PathLike, # a file in the LyraCodec cache
+         value: dict, # what to keep, JSON-serialisable
+        ) -> bool: # False: not kept (a read-only or full cache), to be measured again next time
+    "Write `value` as JSON to `path` whole (`atomic_write`), making its folder."
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(value)))
+    except OSError: return False
+    return True
 
 # %% ../nbs/00a_core.ipynb #6d5a1eda
 _CONTROL = re.compile(r'[\x00-\x1f\x7f]')

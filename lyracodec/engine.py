@@ -9,18 +9,18 @@ __all__ = ['SIN_TAYLOR', 'SIN_BF16', 'SNAKE_ROWS', 'TAP_BLOCK_ROWS', 'IM2COL_BF1
            'load_cached_engine', 'store_engine']
 
 # %% ../nbs/06a_engine.ipynb #722d2197
-import contextlib, ctypes, functools, hashlib, inspect, json, math, os, platform, subprocess, sys, time
+import contextlib, ctypes, functools, hashlib, inspect, math, os, platform, subprocess, sys, time
 from pathlib import Path
 from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from . import __version__ as lyracodec_version
-from .core import atomic_write, cache_dir, new_temp_path
+from .core import atomic_write, cache_dir, keep, new_temp_path, read_kept
 from .snake import Snake, EPS
 from .residual import ResidualUnit, plain_convs
 from .vae import VAE, posterior_stats, _init_skipped
-from .vae_config import VAEConfig, resolve_model_dir, read_model_config, CONFIG_NAME, WEIGHTS_NAME
+from .vae_config import VAEConfig, resolve_model_dir, CONFIG_NAME, WEIGHTS_NAME
 
 # %% ../nbs/06a_engine.ipynb #783b05d3
 SIN_TAYLOR = tuple((-1) ** k / math.factorial(2 * k + 1) for k in range(6))  # sin r to r¹¹: |error| < 6e-8 for |r| ≤ π/2
@@ -610,8 +610,8 @@ def bf16_checks_path() -> Path:
     return cache_dir() / 'checks' / f'bf16-matmul-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json'
 
 def _stored_checks(path: Path) -> dict:
-    try: return {tuple(map(int, k.split('x'))): float(v) for k, v in json.loads(path.read_text()).items()}
-    except (OSError, ValueError, AttributeError): return {}  # none yet, or unreadable: measured again
+    try: return {tuple(map(int, k.split('x'))): float(v) for k, v in read_kept(path).items()}
+    except (ValueError, TypeError): return {}  # none yet, or unreadable: measured again
 
 def bf16_matmul_error(k: int, n: int) -> float:
     "Relative RMS error of a bf16 `[64, k] @ [k, n]` matmul against float32 on the same bf16-rounded operands."
@@ -626,10 +626,7 @@ def _store_checks(path: Path, stored: dict) -> None:
     "Write `_MM_CHECKED` (with what `path` held) to `path`, unless it adds nothing; a read-only cache is no error."
     if not set(_MM_CHECKED) - set(stored): return
     both = {**stored, **_MM_CHECKED}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps({f'{a}x{b}': e for (a, b), e in sorted(both.items())})))
-    except OSError: pass  # measured again next time
+    keep(path, {f'{a}x{b}': e for (a, b), e in sorted(both.items())})  # a read-only cache: measured again next time
 
 def _pack(layers, dtype: torch.dtype) -> list:
     "A module list flattened into (kind, packed op) steps; residual units stay one step (with a slot for `FusedResidual`)."
