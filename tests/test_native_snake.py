@@ -22,10 +22,13 @@ CHECK = textwrap.dedent('''
     fr = FusedResidual(PackedSnake(u.layers[0]), PackedConv(u.layers[1], torch.bfloat16), PackedSnake(u.layers[2]),
                        PackedConv(u.layers[3], torch.bfloat16))
     rows = torch.randn(300, 64, generator=torch.Generator().manual_seed(1)).bfloat16()
-    outs = []
-    for threads in (1, 3):  # blocks split over threads (OpenMP, or pthreads without it): the same values
-        torch.set_num_threads(threads); y = rows.clone(); native_residual(amx=False)(y, torch.zeros(64), fr); outs.append(y)
-    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], rows)
+    fr32 = FusedResidual(PackedSnake(u.layers[0]), PackedConv(u.layers[1], torch.float32), PackedSnake(u.layers[2]),
+                         PackedConv(u.layers[3], torch.float32))
+    for kernel, f, x in ((native_residual(fast=False), fr, rows), (native_residual(torch.float32, fast=False), fr32, rows.float())):
+        outs = []
+        for threads in (1, 3):  # blocks split over threads (OpenMP, or pthreads without it): the same values
+            torch.set_num_threads(threads); y = x.clone(); kernel(y, torch.zeros(64), f); outs.append(y)
+        assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], x)
 ''')
 
 def _fake_cc(d: Path, refuse_openmp: bool) -> Path:
@@ -72,8 +75,8 @@ def test_a_damaged_cached_library_is_built_again(tmp_path):
 NO_AMX_CHECK = CHECK + textwrap.dedent('''
     from lyracodec.engine import native_residual
     assert native_residual() is None  # the library was built without AMX code: the engine keeps its matmuls
-    assert native_residual(amx=False) is not None  # the portable loops are there
-    try: native_residual(amx=True); raise SystemExit('AMX was offered by a library built without it')
+    assert native_residual(fast=False) is not None  # the portable loops are there
+    try: native_residual(fast=True); raise SystemExit('AMX was offered by a library built without it')
     except RuntimeError as e: assert 'no AMX' in str(e)
 ''')
 
@@ -87,3 +90,22 @@ def test_a_compiler_without_amx_gives_a_library_without_it(tmp_path):
     assert p.returncode == 0, p.stderr
     calls = (tmp_path / 'calls').read_text().splitlines()
     assert len(calls) == 3 and '-DLYRA_NO_AMX' in calls[2] and '-fopenmp' in calls[2]  # with OpenMP still, without AMX
+
+NO_AVX512_CHECK = CHECK + textwrap.dedent('''
+    from lyracodec.engine import native_residual, PackedCodec
+    from lyracodec.vae import VAE, VAEConfig
+    assert native_residual(torch.float32) is None  # built without AVX-512: float32 units stay matmuls
+    assert PackedCodec(VAE(VAEConfig.preset('tiny')).eval(), torch.float32, compiled=True).residual is None
+    try: native_residual(torch.float32, fast=True); raise SystemExit('AVX-512 was offered by a library built without it')
+    except RuntimeError as e: assert 'no AVX-512' in str(e)
+''')
+
+def test_a_cpu_without_avx512_gets_the_portable_float32_unit(tmp_path):
+    "What an AVX2 laptop's compiler makes of the library: it builds, its portable loops agree, the engine keeps its matmuls."
+    cc = tmp_path / 'cc'
+    cc.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "calls"}\nexec gcc "$@" -mno-avx512f\n'); cc.chmod(0o755)
+    env = {'CC': str(cc), 'LYRACODEC_CACHE': str(tmp_path / 'cache')}
+    p = subprocess.run([sys.executable, '-c', NO_AVX512_CHECK], env={**os.environ, 'PYTHONPATH': str(ROOT), **env},
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert len((tmp_path / 'calls').read_text().splitlines()) == 1  # the first build worked
