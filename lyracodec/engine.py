@@ -102,26 +102,31 @@ static void *run(void *p) {
     else rows_f32(j->x, j->y, j->b, j->f, j->ib, j->t0, j->t1, j->C);
     return 0;
 }
-/* Rows split over `threads` threads (fewer for small inputs). Built with OpenMP, the threads are the OpenMP team
-   torch's own kernels use (the process's libgomp): threads of another pool would compete with its spinning workers.
-   Without OpenMP, pthreads; a thread that cannot start leaves its rows to the caller. */
+/* fn on each of n jobs (`size` bytes apart), one thread each. Built with OpenMP, the threads are the OpenMP team torch's
+   own kernels use (the process's libgomp): threads of another pool would compete with its spinning workers. Without
+   OpenMP, pthreads; a thread that cannot start leaves its job to the caller. */
+enum { MAX_THREADS = 256 };
+static void run_jobs(void *(*fn)(void *), void *jobs, size_t size, int n) {
+#ifdef _OPENMP
+    #pragma omp parallel for schedule(static, 1) num_threads(n) if (n > 1)
+    for (int i = 0; i < n; i++) fn((char *)jobs + i * size);
+#else
+    pthread_t tid[MAX_THREADS]; int started[MAX_THREADS] = {0};
+    for (int i = 1; i < n; i++) started[i] = pthread_create(&tid[i], 0, fn, (char *)jobs + i * size) == 0;
+    fn(jobs);
+    for (int i = 1; i < n; i++) { if (started[i]) pthread_join(tid[i], 0); else fn((char *)jobs + i * size); }
+#endif
+}
+/* Rows split over `threads` threads (fewer for small inputs). */
 int lyra_snake(const void *x, void *y, const float *b, const float *f, const float *ib, int64_t T, int64_t C, int bf16, int threads) {
-    enum { MAX_THREADS = 256, MIN_VALUES = 1 << 15 };
+    enum { MIN_VALUES = 1 << 15 };
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads > (T * C) / MIN_VALUES) threads = (int)((T * C) / MIN_VALUES);
     if (threads > T) threads = (int)T;
     if (threads < 1) threads = 1;
     job_t jobs[MAX_THREADS];
     for (int k = 0; k < threads; k++) jobs[k] = (job_t){x, y, b, f, ib, T * k / threads, T * (k + 1) / threads, C, bf16};
-#ifdef _OPENMP
-    #pragma omp parallel for schedule(static, 1) num_threads(threads) if (threads > 1)
-    for (int k = 0; k < threads; k++) run(&jobs[k]);
-#else
-    pthread_t tid[MAX_THREADS]; int started[MAX_THREADS] = {0};
-    for (int k = 1; k < threads; k++) started[k] = pthread_create(&tid[k], 0, run, &jobs[k]) == 0;
-    run(&jobs[0]);
-    for (int k = 1; k < threads; k++) { if (started[k]) pthread_join(tid[k], 0); else run(&jobs[k]); }
-#endif
+    run_jobs(run, jobs, sizeof(job_t), threads);
     return 0;
 }
 ''' % {f'c{k}': f'{c!r}f' for k, c in enumerate(SIN_TAYLOR)}
@@ -452,11 +457,12 @@ static void block_f32(const res_job_t *j, const float *s1, float *s2, float *acc
     add_rows_f32((float *)x_row(j, a), acc, rows * C);
 }
 
-static void res_run(res_job_t *j) {
+static void *res_run(void *p) {
+    res_job_t *j = (res_job_t *)p;
     const int64_t C = j->C, h = j->h, R = j->R, S = R + 2 * h, B = row_bytes(j);  /* S: the Snake1 rows a block reads */
     char *s1 = aligned_alloc(64, (S * B + 63) / 64 * 64), *s2 = aligned_alloc(64, (R * B + 63) / 64 * 64);
     float *acc = aligned_alloc(64, R * C * 4);
-    if (!s1 || !s2 || !acc) { free(s1); free(s2); free(acc); j->failed = 1; return; }
+    if (!s1 || !s2 || !acc) { free(s1); free(s2); free(acc); j->failed = 1; return 0; }
 #ifdef LYRA_AMX
     if (j->fast && !j->f32) tiles_on();
 #endif
@@ -478,11 +484,8 @@ static void res_run(res_job_t *j) {
     if (j->fast && !j->f32) tiles_off();
 #endif
     free(s1); free(s2); free(acc);
+    return 0;
 }
-
-#ifndef _OPENMP
-static void *res_thread(void *p) { res_run((res_job_t *)p); return 0; }
-#endif
 
 /* The residual unit in place on x [T, C] (C a multiple of 32, k odd, padding d * (k - 1) / 2): the stream's pending
    bias is added before Snake1; the 1x1 conv's bias is left to the caller. Blocks of R rows split over `threads`: each
@@ -490,7 +493,6 @@ static void *res_thread(void *p) { res_run((res_job_t *)p); return 0; }
 static int residual(void *x, int64_t T, int64_t C, int k, int64_t d, const float *bias, const float *f1, const float *ib1,
                     const void *w1, const float *b1, const float *f2, const float *ib2, const void *w2, int fast, int f32,
                     int threads) {
-    enum { MAX_THREADS = 256 };
     const int64_t R = f32 ? F32_ROWS : RES_ROWS, h = d * (k - 1) / 2, blocks = (T + R - 1) / R, B = C * (f32 ? 4 : 2);
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads > blocks) threads = (int)blocks;
@@ -506,15 +508,7 @@ static int residual(void *x, int64_t T, int64_t C, int k, int64_t d, const float
         res_job_t whole = jobs[i]; whole.t0 = 0; whole.t1 = T;  /* reads x itself anywhere in [0, T) */
         for (int64_t r = 0; r < h; r++) { snake1_row(&whole, t0 - h + r, sl + r * B); snake1_row(&whole, t1 + r, sr + r * B); }
     }
-#ifdef _OPENMP
-    #pragma omp parallel for schedule(static, 1) num_threads(threads) if (threads > 1)
-    for (int i = 0; i < threads; i++) res_run(&jobs[i]);
-#else
-    pthread_t tid[MAX_THREADS]; int started[MAX_THREADS] = {0};
-    for (int i = 1; i < threads; i++) started[i] = pthread_create(&tid[i], 0, res_thread, &jobs[i]) == 0;
-    res_run(&jobs[0]);
-    for (int i = 1; i < threads; i++) { if (started[i]) pthread_join(tid[i], 0); else res_run(&jobs[i]); }
-#endif
+    run_jobs(res_run, jobs, sizeof(res_job_t), threads);
     free(stash);
     int failed = 0;
     for (int i = 0; i < threads; i++) failed |= jobs[i].failed;
