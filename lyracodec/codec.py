@@ -393,7 +393,7 @@ class CompiledRun:
 # %% ../nbs/06_codec.ipynb #3b7639f7
 ENGINES = ('auto', 'packed', 'model')
 ENGINE_HELP = 'auto = the packed engine (matmuls on channels-last activations) on a CPU, the model elsewhere'
-COMPILE_HELP = (f"the packed engine's native C kernels (Snake; fused residual units, bf16 on AMX and float32 on AVX-512; built once per machine), or the model's windows compiled "
+COMPILE_HELP = (f"the packed engine's native C kernels (Snake; fused residual units, bf16 on AMX and float32 on AVX-512 or AVX2; built once per machine), or the model's windows compiled "
                 f'by torch.compile (cached on disk): auto = where it measured faster: the Snake always, the model on a CPU '
                 f'from {COMPILE_AUTO_FRAMES} latent frames')
 

@@ -229,7 +229,7 @@ _RESIDUAL_C = r'''
 /* The fused residual unit: x += conv1(Snake2(conv_k,d(Snake1(x + bias)) + b1)) on rows [T, C], one block of output rows
    at a time (64 in bf16, 96 in float32), so that a block's Snake1 rows, the dilated conv's sums, Snake2 and the 1x1
    conv's sums stay in L1/L2 and the stream x is read once and written once. In bf16 the matmuls run on AMX tiles where
-   the CPU has them (lyra_amx_ready), in float32 in AVX-512 registers where it has those (lyra_f32_fast); else in
+   the CPU has them (lyra_amx_ready), in float32 in AVX-512 or AVX2 registers where it has those (lyra_f32_fast); else in
    portable loops (the same layout and arithmetic, for other machines and for tests). */
 #include <stdlib.h>
 #if defined(__x86_64__)
@@ -394,6 +394,32 @@ static void gemm_f32(const float *a, int64_t R, int64_t K, int64_t N, int taps, 
         }
     }
 }
+#elif defined(__AVX2__) && defined(__FMA__)
+int lyra_f32_fast(void) { return 1; }
+/* The same on AVX2's 16 registers: each 32-output panel as two halves of 6 rows x 16 outputs (12 sums in registers). */
+static void gemm_f32(const float *a, int64_t R, int64_t K, int64_t N, int taps, int64_t d, const float *w, float *out) {
+    enum { MR = 6 };
+    for (int64_t nb = 0; nb < N / F32_NR; nb++)
+        for (int half = 0; half < 2; half++) {
+            const float *wp = w + nb * taps * K * F32_NR + half * 16;
+            for (int64_t r0 = 0; r0 < R; r0 += MR) {
+                __m256 acc[MR][2];
+                for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+                for (int j = 0; j < taps; j++) {
+                    const float *ar = a + (r0 + j * d) * K, *wj = wp + j * K * F32_NR;
+                    for (int64_t k = 0; k < K; k++) {
+                        const __m256 b0 = _mm256_loadu_ps(wj + k * F32_NR), b1 = _mm256_loadu_ps(wj + k * F32_NR + 8);
+                        for (int i = 0; i < MR; i++) {
+                            const __m256 av = _mm256_broadcast_ss(ar + i * K + k);
+                            acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]); acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
+                        }
+                    }
+                }
+                float *o = out + r0 * N + nb * F32_NR + half * 16;
+                for (int i = 0; i < MR; i++) { _mm256_storeu_ps(o + i * N, acc[i][0]); _mm256_storeu_ps(o + i * N + 8, acc[i][1]); }
+            }
+        }
+}
 #else
 int lyra_f32_fast(void) { return 0; }
 #define gemm_f32 gemm_f32_ref
@@ -404,7 +430,7 @@ static void add_rows_f32(float *x, const float *o, int64_t n) {
 }
 
 typedef struct {
-    void *x; int64_t T, C, d, h, t0, t1, R; int k, fast, f32, failed;  /* R: rows per block; fast: AMX (bf16) or AVX-512 (f32) */
+    void *x; int64_t T, C, d, h, t0, t1, R; int k, fast, f32, failed;  /* R: rows per block; fast: AMX (bf16) or AVX-512 / AVX2 (f32) */
     const float *bias, *f1, *ib1, *b1, *f2, *ib2; const void *w1, *w2;
     const char *stash_l, *stash_r;  /* Snake1 of rows [t0 - h, t0) and [t1, t1 + h), taken before any thread writes */
 } res_job_t;
@@ -521,7 +547,7 @@ int lyra_residual_bf16(uint16_t *x, int64_t T, int64_t C, int k, int64_t d, cons
                        const uint16_t *w2, int amx, int threads) {
     return residual(x, T, C, k, d, bias, f1, ib1, w1, b1, f2, ib2, w2, amx, 0, threads);
 }
-/* float32 x; w1 [k, C, C] and w2 [C, C] in panels of 32 outputs; fast: AVX-512 (lyra_f32_fast() must have said 1), else portable. */
+/* float32 x; w1 [k, C, C] and w2 [C, C] in panels of 32 outputs; fast: AVX-512 or AVX2 (lyra_f32_fast() must have said 1), else portable. */
 int lyra_residual_f32(float *x, int64_t T, int64_t C, int k, int64_t d, const float *bias, const float *f1,
                       const float *ib1, const float *w1, const float *b1, const float *f2, const float *ib2,
                       const float *w2, int fast, int threads) {
@@ -634,7 +660,7 @@ class Arena:
 
 # %% ../nbs/06a_engine.ipynb #da6baf27
 FUSED_MAX_CHANNELS = {torch.bfloat16: 256,  # measured: 1.4–1.7× at 128 channels, 1.05× at 256; at 512 the 3.7 MB of 7-tap weights outgrow L2 and it loses
-                      torch.float32: 512}  # measured (AVX-512, 2 threads): 1.55× at 128, 1.24× at 256, 1.12× at 512, 0.80× at 1,024
+                      torch.float32: 512}  # measured, 2 threads, at 128 / 256 / 512 / 1,024: AVX-512 1.55 / 1.24 / 1.12 / 0.80×, AVX2 1.39 / 1.09 / 1.04 / 0.83×
 
 def vnni_pack(w: Tensor, # `[..., K, N]` bfloat16, K a multiple of 32 and N of 16
              ) -> Tensor: # `[..., K/32, N/16, 16, 16, 2]`: each `[16, 16, 2]` block one AMX B tile
@@ -689,14 +715,14 @@ class NativeResidual:
 def native_residual(dtype: torch.dtype=torch.bfloat16, # torch.bfloat16 or torch.float32
                     fast: Optional[bool]=None, # None: the fast kernel if this CPU and build have it, else None is returned
                    ) -> Optional[NativeResidual]:
-    "The fused residual unit of `dtype`: bf16 on AMX tiles, float32 in AVX-512 registers; `fast=False` its portable loops (tests)."
+    "The fused residual unit of `dtype`: bf16 on AMX tiles, float32 in AVX-512 or AVX2 registers; `fast=False` its portable loops (tests)."
     if dtype not in (torch.bfloat16, torch.float32): raise ValueError(f'the fused residual unit runs in bfloat16 or float32, not {dtype}')
     lib = native_library()
     bf16 = dtype == torch.bfloat16
     ready = bool(lib.lyra_amx_ready() if bf16 else lib.lyra_f32_fast())
     if fast is None: return NativeResidual(lib, dtype, True) if ready else None
     if fast and not ready:
-        raise RuntimeError(f"this CPU (or the compiler that built the native library) has no {'AMX-BF16' if bf16 else 'AVX-512'}")
+        raise RuntimeError(f"this CPU (or the compiler that built the native library) has no {'AMX-BF16' if bf16 else 'AVX-512 or AVX2 with FMA'}")
     return NativeResidual(lib, dtype, fast)
 
 # %% ../nbs/06a_engine.ipynb #b6c6f895

@@ -1,5 +1,6 @@
 "The native library's build: compilers without OpenMP or AMX, a build shared by processes, the cache reused."
 import os, subprocess, sys, textwrap
+import pytest
 from pathlib import Path
 
 
@@ -91,21 +92,35 @@ def test_a_compiler_without_amx_gives_a_library_without_it(tmp_path):
     calls = (tmp_path / 'calls').read_text().splitlines()
     assert len(calls) == 3 and '-DLYRA_NO_AMX' in calls[2] and '-fopenmp' in calls[2]  # with OpenMP still, without AMX
 
-NO_AVX512_CHECK = CHECK + textwrap.dedent('''
-    from lyracodec.engine import native_residual, PackedCodec
+AVX2_CHECK = CHECK + textwrap.dedent('''
+    from lyracodec.engine import native_residual, native_library, PackedCodec
     from lyracodec.vae import VAE, VAEConfig
-    assert native_residual(torch.float32) is None  # built without AVX-512: float32 units stay matmuls
-    assert PackedCodec(VAE(VAEConfig.preset('tiny')).eval(), torch.float32, compiled=True).residual is None
-    try: native_residual(torch.float32, fast=True); raise SystemExit('AVX-512 was offered by a library built without it')
-    except RuntimeError as e: assert 'no AVX-512' in str(e)
+    assert native_library().lyra_f32_fast() == 1  # AVX2 and FMA: the float32 unit's 6 x 16 register blocks
+    torch.set_num_threads(2)
+    x = torch.randn(500, 64, generator=torch.Generator().manual_seed(2))
+    ys = []
+    for fast in (False, True):
+        y = x.clone(); native_residual(torch.float32, fast=fast)(y, torch.zeros(64), fr32); ys.append(y)
+    assert (ys[0] - ys[1]).abs().max() <= 1e-5 * ys[0].abs().max(), (ys[0] - ys[1]).abs().max()
+    assert PackedCodec(VAE(VAEConfig.preset('tiny')).eval(), torch.float32, compiled=True).residual is not None
 ''')
 
-def test_a_cpu_without_avx512_gets_the_portable_float32_unit(tmp_path):
-    "What an AVX2 laptop's compiler makes of the library: it builds, its portable loops agree, the engine keeps its matmuls."
+PORTABLE_CHECK = CHECK + textwrap.dedent('''
+    from lyracodec.engine import native_residual, PackedCodec
+    from lyracodec.vae import VAE, VAEConfig
+    assert native_residual(torch.float32) is None  # neither AVX-512 nor AVX2: float32 units stay matmuls
+    assert PackedCodec(VAE(VAEConfig.preset('tiny')).eval(), torch.float32, compiled=True).residual is None
+    try: native_residual(torch.float32, fast=True); raise SystemExit('a fast float32 unit was offered by a library built without one')
+    except RuntimeError as e: assert 'no AVX-512 or AVX2' in str(e)
+''')
+
+@pytest.mark.parametrize('flags, check', [('-mno-avx512f', AVX2_CHECK), ('-mno-avx512f -mno-avx2', PORTABLE_CHECK)], ids=['avx2', 'portable'])
+def test_a_cpu_without_avx512_gets_its_own_float32_unit(tmp_path, flags, check):
+    "What a laptop's compiler makes of the library (AVX2, or older): it builds, and the engine fuses float32 units only with AVX2."
     cc = tmp_path / 'cc'
-    cc.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "calls"}\nexec gcc "$@" -mno-avx512f\n'); cc.chmod(0o755)
+    cc.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "calls"}\nexec gcc "$@" {flags}\n'); cc.chmod(0o755)
     env = {'CC': str(cc), 'LYRACODEC_CACHE': str(tmp_path / 'cache')}
-    p = subprocess.run([sys.executable, '-c', NO_AVX512_CHECK], env={**os.environ, 'PYTHONPATH': str(ROOT), **env},
+    p = subprocess.run([sys.executable, '-c', check], env={**os.environ, 'PYTHONPATH': str(ROOT), **env},
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert len((tmp_path / 'calls').read_text().splitlines()) == 1  # the first build worked
