@@ -771,7 +771,7 @@ class PackedCodec:
     "The VAE's inference passes as matmuls on channels-last activations, with Snake fused into one pass per layer (CPU)."
     def __init__(self, model: VAE, # the model (weight norm folded or not); its weights are copied now
                  dtype: Optional[torch.dtype]=None, # torch.bfloat16, or None / torch.float32
-                 compiled: bool=False, # native kernels (`native_snake`; in bf16 with AMX `native_residual` too), else `snake_rows_eager`
+                 compiled: bool=False, # native kernels (`native_snake`, and `native_residual` where this CPU has its fast path), else `snake_rows_eager`
                 ):
         dtype = dtype or torch.float32
         if dtype not in (torch.float32, torch.bfloat16): raise ValueError(f'the packed codec runs in float32 or bfloat16, not {dtype}')
