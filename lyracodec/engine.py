@@ -357,7 +357,7 @@ static void add_rows(uint16_t *x, const float *o, int64_t n) {
 #endif
 /* float32 blocks: out[R][N] = sum over taps j of rows (r + j * d) of a (row stride K) times W_j, W in panels of 32 outputs:
    w[((nb * taps + j) * K + k) * 32 + n] is W_j[k][32 * nb + n]. */
-enum { F32_ROWS = 96, F32_MR = 12, F32_NR = 32 };
+enum { F32_ROWS = 96, F32_NR = 32 };  /* F32_ROWS: a multiple of each kernel's F32_MR */
 static void gemm_f32_ref(const float *a, int64_t R, int64_t K, int64_t N, int taps, int64_t d, const float *w, float *out) {
     for (int64_t r = 0; r < R; r++) {
         float *o = out + r * N;
@@ -369,54 +369,47 @@ static void gemm_f32_ref(const float *a, int64_t R, int64_t K, int64_t N, int ta
             }
     }
 }
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#if defined(__AVX512F__)  /* 16 lanes, 32 registers: 12 rows of sums */
+typedef __m512 vf;
+enum { VW = 16, F32_MR = 12 };
+#define VZERO _mm512_setzero_ps
+#define VLOAD _mm512_loadu_ps
+#define VSTORE _mm512_storeu_ps
+#define VFMA _mm512_fmadd_ps
+#define VBROADCAST(p) _mm512_set1_ps(*(p))
+#else  /* AVX2: 8 lanes, 16 registers: 6 rows of sums, each 32-output panel in two halves */
+typedef __m256 vf;
+enum { VW = 8, F32_MR = 6 };
+#define VZERO _mm256_setzero_ps
+#define VLOAD _mm256_loadu_ps
+#define VSTORE _mm256_storeu_ps
+#define VFMA _mm256_fmadd_ps
+#define VBROADCAST(p) _mm256_broadcast_ss(p)
+#endif
 int lyra_f32_fast(void) { return 1; }
-/* gemm_f32_ref with 12 rows x 32 outputs of sums in 24 registers for the whole reduction, each weight vector loaded once
-   per 12 rows: measured 155 GFLOP/s on one core at 128 channels, where MKL's tap-by-tap matmuls ran at 137. */
+/* gemm_f32_ref with F32_MR rows x 2 vectors of outputs of sums in registers for the whole reduction, each weight vector
+   loaded once per F32_MR rows: with AVX-512 (12 x 32) measured 155 GFLOP/s on one core at 128 channels, where MKL's
+   tap-by-tap matmuls ran at 137. */
 static void gemm_f32(const float *a, int64_t R, int64_t K, int64_t N, int taps, int64_t d, const float *w, float *out) {
-    for (int64_t nb = 0; nb < N / F32_NR; nb++) {
-        const float *wp = w + nb * taps * K * F32_NR;
-        for (int64_t r0 = 0; r0 < R; r0 += F32_MR) {
-            __m512 acc[F32_MR][2];
-            for (int i = 0; i < F32_MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-            for (int j = 0; j < taps; j++) {
-                const float *ar = a + (r0 + j * d) * K, *wj = wp + j * K * F32_NR;
-                for (int64_t k = 0; k < K; k++) {
-                    const __m512 b0 = _mm512_loadu_ps(wj + k * F32_NR), b1 = _mm512_loadu_ps(wj + k * F32_NR + 16);
-                    for (int i = 0; i < F32_MR; i++) {
-                        const __m512 av = _mm512_set1_ps(ar[i * K + k]);
-                        acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]); acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
-                    }
-                }
-            }
-            float *o = out + r0 * N + nb * F32_NR;
-            for (int i = 0; i < F32_MR; i++) { _mm512_storeu_ps(o + i * N, acc[i][0]); _mm512_storeu_ps(o + i * N + 16, acc[i][1]); }
-        }
-    }
-}
-#elif defined(__AVX2__) && defined(__FMA__)
-int lyra_f32_fast(void) { return 1; }
-/* The same on AVX2's 16 registers: each 32-output panel as two halves of 6 rows x 16 outputs (12 sums in registers). */
-static void gemm_f32(const float *a, int64_t R, int64_t K, int64_t N, int taps, int64_t d, const float *w, float *out) {
-    enum { MR = 6 };
     for (int64_t nb = 0; nb < N / F32_NR; nb++)
-        for (int half = 0; half < 2; half++) {
-            const float *wp = w + nb * taps * K * F32_NR + half * 16;
-            for (int64_t r0 = 0; r0 < R; r0 += MR) {
-                __m256 acc[MR][2];
-                for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+        for (int part = 0; part < F32_NR; part += 2 * VW) {  /* the outputs [part, part + 2 VW) of the panel */
+            const float *wp = w + nb * taps * K * F32_NR + part;
+            for (int64_t r0 = 0; r0 < R; r0 += F32_MR) {
+                vf acc[F32_MR][2];
+                for (int i = 0; i < F32_MR; i++) acc[i][0] = acc[i][1] = VZERO();
                 for (int j = 0; j < taps; j++) {
                     const float *ar = a + (r0 + j * d) * K, *wj = wp + j * K * F32_NR;
                     for (int64_t k = 0; k < K; k++) {
-                        const __m256 b0 = _mm256_loadu_ps(wj + k * F32_NR), b1 = _mm256_loadu_ps(wj + k * F32_NR + 8);
-                        for (int i = 0; i < MR; i++) {
-                            const __m256 av = _mm256_broadcast_ss(ar + i * K + k);
-                            acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]); acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
+                        const vf b0 = VLOAD(wj + k * F32_NR), b1 = VLOAD(wj + k * F32_NR + VW);
+                        for (int i = 0; i < F32_MR; i++) {
+                            const vf av = VBROADCAST(ar + i * K + k);
+                            acc[i][0] = VFMA(av, b0, acc[i][0]); acc[i][1] = VFMA(av, b1, acc[i][1]);
                         }
                     }
                 }
-                float *o = out + r0 * N + nb * F32_NR + half * 16;
-                for (int i = 0; i < MR; i++) { _mm256_storeu_ps(o + i * N, acc[i][0]); _mm256_storeu_ps(o + i * N + 8, acc[i][1]); }
+                float *o = out + r0 * N + nb * F32_NR + part;
+                for (int i = 0; i < F32_MR; i++) { VSTORE(o + i * N, acc[i][0]); VSTORE(o + i * N + VW, acc[i][1]); }
             }
         }
 }
